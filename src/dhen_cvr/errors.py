@@ -1,0 +1,35 @@
+"""User-facing errors: the CLI prints their message on one line and exits non-zero."""
+
+from __future__ import annotations
+
+__all__ = ["DataError", "DhenCvrError"]
+
+
+class DhenCvrError(Exception):
+    """Base class of errors caused by user input (bad data, bad config), not by a bug."""
+
+
+class DataError(DhenCvrError):
+    """Bad input data. The message names the file, the column and, where it applies,
+    the row (``file.parquet: column 'age', row 17: NaN in a dense feature``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        column: str | None = None,
+        row: int | None = None,
+        row_group: int | None = None,
+    ) -> None:
+        self.file, self.column, self.row, self.row_group = file, column, row, row_group
+        where = []
+        if file is not None:
+            where.append(str(file))
+        if row_group is not None:
+            where.append(f"row group {row_group}")
+        if column is not None:
+            where.append(f"column {column!r}")
+        if row is not None:
+            where.append(f"row {row}")
+        super().__init__((": ".join([", ".join(where), message])) if where else message)

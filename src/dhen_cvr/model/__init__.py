@@ -1,0 +1,1 @@
+"""Model: feature tokens, sequence encoders, crossing modules, DHEN backbone, heads."""
