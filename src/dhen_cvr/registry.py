@@ -47,7 +47,9 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {sorted(self._entries)}") from None
+            raise KeyError(
+                f"unknown {self.kind} {name!r}; known: {sorted(self._entries)}"
+            ) from None
 
     def parse_params(self, name: str, raw: dict[str, Any]) -> BaseModel | None:
         entry = self.get(name)

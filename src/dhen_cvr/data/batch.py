@@ -64,7 +64,8 @@ class Batch:
     sequences:     name -> :class:`SequenceBatch`
     labels:        FloatTensor ``B x H`` in {0, 1}
     label_mask:    FloatTensor ``B x H``, 1 where the head's label is defined
-    neg_keep_rate: FloatTensor ``B``, negative down-sampling keep rate r (1 = unsampled)
+    inclusion_prob: FloatTensor ``B``, probability the row survived down-sampling
+                   (1 = kept for sure / unknown); evaluation weights rows by 1 / it
     weight:        FloatTensor ``B`` sample weights (1 by default)
     oracle:        FloatTensor ``B x H`` true probabilities where the data has them
                    (NaN elsewhere), never a model input; None when no column exists
@@ -76,7 +77,7 @@ class Batch:
     sequences: dict[str, SequenceBatch]
     labels: Tensor
     label_mask: Tensor
-    neg_keep_rate: Tensor
+    inclusion_prob: Tensor
     weight: Tensor
     oracle: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
@@ -95,7 +96,7 @@ class Batch:
             sequences={k: v.to(device, non_blocking) for k, v in self.sequences.items()},
             labels=mv(self.labels),
             label_mask=mv(self.label_mask),
-            neg_keep_rate=mv(self.neg_keep_rate),
+            inclusion_prob=mv(self.inclusion_prob),
             weight=mv(self.weight),
             oracle=None if self.oracle is None else mv(self.oracle),
             extras={k: mv(v) for k, v in self.extras.items()},
@@ -110,7 +111,7 @@ class Batch:
             sequences={k: v.pin_memory() for k, v in self.sequences.items()},
             labels=self.labels.pin_memory(),
             label_mask=self.label_mask.pin_memory(),
-            neg_keep_rate=self.neg_keep_rate.pin_memory(),
+            inclusion_prob=self.inclusion_prob.pin_memory(),
             weight=self.weight.pin_memory(),
             oracle=None if self.oracle is None else self.oracle.pin_memory(),
             extras={k: v.pin_memory() for k, v in self.extras.items()},
@@ -135,7 +136,7 @@ class Batch:
             sequences={k: seq(v) for k, v in self.sequences.items()},
             labels=self.labels[index],
             label_mask=self.label_mask[index],
-            neg_keep_rate=self.neg_keep_rate[index],
+            inclusion_prob=self.inclusion_prob[index],
             weight=self.weight[index],
             oracle=None if self.oracle is None else self.oracle[index],
             extras={k: v[index] for k, v in self.extras.items()},
@@ -145,5 +146,5 @@ class Batch:
 # A compile-time guard that the fields above stay in sync with ``to``/``pin_memory``.
 assert {f.name for f in fields(Batch)} == {
     "dense", "pretrained", "categorical", "sequences", "labels", "label_mask",
-    "neg_keep_rate", "weight", "oracle", "extras",
+    "inclusion_prob", "weight", "oracle", "extras",
 }  # fmt: skip

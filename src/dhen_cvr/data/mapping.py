@@ -34,15 +34,19 @@ def _hash_strings(arr: pa.Array) -> np.ndarray:
     enc = pc.dictionary_encode(arr)
     dictionary = enc.dictionary.to_pylist()
     table = np.array(
-        [int.from_bytes(hashlib.blake2b(str(s).encode(), digest_size=8).digest(), "little")
-         for s in dictionary],
+        [
+            int.from_bytes(hashlib.blake2b(str(s).encode(), digest_size=8).digest(), "little")
+            for s in dictionary
+        ],
         dtype=np.uint64,
     )
     idx = enc.indices.fill_null(0).to_numpy(zero_copy_only=False)
     return table[idx] if len(table) else np.zeros(len(arr), dtype=np.uint64)
 
 
-def map_ids(arr: pa.Array | pa.ChunkedArray, feature: CategoricalFeature | CategoricalField) -> np.ndarray:
+def map_ids(
+    arr: pa.Array | pa.ChunkedArray, feature: CategoricalFeature | CategoricalField
+) -> np.ndarray:
     """Map a flat array of raw ids (int or string, nulls allowed) to int64 embedding rows."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -65,8 +69,10 @@ def map_ids(arr: pa.Array | pa.ChunkedArray, feature: CategoricalFeature | Categ
     oov = vocab + 1
     if is_str:
         # Strings in a fixed vocabulary must be digits; anything else is OOV.
-        raw = np.array([int(s) if s is not None and str(s).isdigit() else -1
-                        for s in arr.to_pylist()], dtype=np.int64)
+        raw = np.array(
+            [int(s) if s is not None and str(s).isdigit() else -1 for s in arr.to_pylist()],
+            dtype=np.int64,
+        )
     elif pa.types.is_integer(arr.type):
         raw = arr.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     else:

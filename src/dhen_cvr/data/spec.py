@@ -24,7 +24,7 @@ belongs to, so a whole category can be dropped by name)::
     labels:
       - {name: click, serve: false}
       - {name: checkout, mask: click}   # optional mask column: loss only where mask == 1
-    sampling: {rate_column: neg_keep_rate}
+    sampling: {negative_rate: 0.05, inclusion_column: sample_rate}
 
 Roles: ``dense`` (float scalar), ``pretrained`` (fixed-size float vector),
 ``categorical`` (int or string id), ``sequence`` (list columns, one per item field, plus a
@@ -47,8 +47,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 __all__ = [
     "USER_CATEGORIES",
-    "CategoricalField",
     "CategoricalFeature",
+    "CategoricalField",
     "DenseFeature",
     "FeatureCategory",
     "FeatureSpec",
@@ -230,18 +230,18 @@ class LabelSpec(_Strict):
 
 
 class SamplingSpec(_Strict):
-    """Negative down-sampling (paper 5.1): the keep rate ``r`` of non-converting rows,
-    per row from ``rate_column`` or one constant ``rate``. Rows with r = 1 were not
-    sampled. Predictions are corrected with ``p = p_s / (p_s + (1 - p_s) / r)``."""
+    """Negative down-sampling (paper 5.1: every converting impression kept, the rest kept
+    at rate ``negative_rate``).
 
-    rate_column: str | None = None
-    rate: float | None = Field(default=None, gt=0, le=1)
+    ``negative_rate`` r corrects predictions back to the full population:
+    ``p = p_s / (p_s + (1 - p_s) / r)`` (equivalently ``logit - log(1 / r)``).
+    ``inclusion_column`` optionally names a per-row column with the probability that the
+    row was kept (1 for converting rows, r for the rest); evaluation weights rows by its
+    inverse so calibration is measured on the full population.
+    """
 
-    @model_validator(mode="after")
-    def _one(self) -> SamplingSpec:
-        if self.rate_column is not None and self.rate is not None:
-            raise ValueError("give rate_column or rate, not both")
-        return self
+    negative_rate: float = Field(default=1.0, gt=0, le=1)
+    inclusion_column: str | None = None
 
 
 class FeatureSpec(_Strict):
@@ -323,8 +323,8 @@ class FeatureSpec(_Strict):
             cols.append(lb.source)
             if lb.mask:
                 cols.append(lb.mask)
-        if self.sampling.rate_column:
-            cols.append(self.sampling.rate_column)
+        if self.sampling.inclusion_column:
+            cols.append(self.sampling.inclusion_column)
         if self.weight_column:
             cols.append(self.weight_column)
         return list(dict.fromkeys(cols))

@@ -48,7 +48,9 @@ class DatasetWriter:
 
     def __enter__(self) -> DatasetWriter:
         if self.out.exists() and any(self.out.iterdir()) and not self.overwrite:
-            raise DhenCvrError(f"{self.out} exists and is not empty (pass --overwrite to replace it)")
+            raise DhenCvrError(
+                f"{self.out} exists and is not empty (pass --overwrite to replace it)"
+            )
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
         return self
