@@ -1,0 +1,44 @@
+"""The atomic writer leaves either a complete data set or nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dhen_cvr.data.writer import DatasetWriter, day_dirs
+from dhen_cvr.errors import DhenCvrError
+
+
+def test_writer_renames_on_success(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    with DatasetWriter(out) as w:
+        w.write_day("2026-01-02", pa.table({"x": [1, 2]}))
+        w.write_day("2026-01-01", pa.table({"x": [3]}))
+        w.write_day("2026-01-01", pa.table({"x": [4]}))
+        assert not out.exists()
+    assert [p.name for p in day_dirs(out)] == ["dt=2026-01-01", "dt=2026-01-02"]
+    assert pq.read_table(out / "dt=2026-01-01").num_rows == 2
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_writer_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    with pytest.raises(RuntimeError), DatasetWriter(out) as w:
+        w.write_day("2026-01-01", pa.table({"x": [1]}))
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_refuses_to_clobber_without_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(DhenCvrError, match="pass --overwrite"), DatasetWriter(out):
+        pass
+    assert (out / "keep.txt").read_text() == "precious"
+    with DatasetWriter(out, overwrite=True) as w:
+        w.write_day("2026-01-01", pa.table({"x": [1]}))
+    assert not (out / "keep.txt").exists() and day_dirs(out)
