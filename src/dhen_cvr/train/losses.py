@@ -1,0 +1,162 @@
+"""Training losses (paper section 3.2; DESIGN section 4).
+
+The objective is ``Σ_h w_h * BCE_h + Σ_S α_S * L(S)``: a masked, sample-weighted BCE per
+head (:class:`MultiTaskBCELoss`) plus the self-supervised sequence term
+(:mod:`dhen_cvr.train.ssl`, re-exported here).
+
+With ``formulation="esmm"`` (beyond the paper, its section 6; ESMM, arXiv 1804.07931)
+every head other than the click head is a CVR tower and is trained through
+``pCTCVR_h = pCTR * pCVR_h`` on the impression label; :func:`esmm_probabilities` gives
+what is served and evaluated in that formulation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor, nn
+
+from dhen_cvr.train.ssl import (
+    MaskedItemLoss,
+    NextActionLoss,
+    SampledNegatives,
+    SSLConfig,
+    build_ssl_loss,
+    sample_negatives,
+)
+
+__all__ = [
+    "LossConfig",
+    "MaskedItemLoss",
+    "MultiTaskBCELoss",
+    "NextActionLoss",
+    "SSLConfig",
+    "SampledNegatives",
+    "build_ssl_loss",
+    "esmm_probabilities",
+    "sample_negatives",
+]
+
+
+class LossConfig(BaseModel):
+    """head_weights: ``w_h`` per head name (missing -> 1.0, 0 trains nothing on that head);
+    ssl: the self-supervised term; formulation: ``independent`` (one BCE per head on its
+    own logit) or ``esmm`` (CVR heads trained as ``pCTR * pCVR`` on impressions)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    head_weights: dict[str, float] = Field(default_factory=dict)
+    ssl: SSLConfig = Field(default_factory=SSLConfig)
+    formulation: Literal["independent", "esmm"] = "independent"
+    esmm_click_head: str = "click"
+
+    @field_validator("head_weights")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: w for k, w in v.items() if not (w >= 0 and math.isfinite(w))}
+        if bad:
+            raise ValueError(f"head weights must be finite and >= 0, got {bad}")
+        return v
+
+
+def esmm_probabilities(logits: Tensor, head_names: Sequence[str], click_head: str) -> Tensor:
+    """``B x H`` logits -> ``B x H`` probabilities in the ESMM formulation: the click column
+    is ``sigmoid(click)``, every other column ``sigmoid(click) * sigmoid(logit_h)``."""
+    click = _head_index(head_names, click_head)
+    probs = torch.sigmoid(logits)
+    is_click = torch.arange(len(head_names), device=logits.device) == click
+    return torch.where(is_click, probs, probs * probs[:, click : click + 1])
+
+
+class MultiTaskBCELoss(nn.Module):
+    """``Σ_h w_h * BCE_h`` where ``BCE_h`` is the sample-weighted mean over the rows whose
+    label mask is 1 (a head with no such row contributes 0).
+
+    ``formulation="esmm"``: for every head but ``click_head`` the BCE is on
+    ``p = sigmoid(a_click) * sigmoid(a_h)``, computed in log space
+    (``log p = logsigmoid(a_click) + logsigmoid(a_h)``, ``log(1-p) = log1mexp(log p)``,
+    with ``log p`` clamped to ``<= -eps`` of the dtype, capping one row's loss near
+    ``-log(eps)``). The label masks are applied as given: in this formulation a
+    conversion label should be defined on every impression, not only on clicks.
+    """
+
+    head_weight: Tensor
+
+    def __init__(
+        self,
+        head_names: Sequence[str],
+        head_weights: dict[str, float] | None = None,
+        *,
+        formulation: Literal["independent", "esmm"] = "independent",
+        click_head: str = "click",
+    ) -> None:
+        super().__init__()
+        head_weights = head_weights or {}
+        unknown = sorted(set(head_weights) - set(head_names))
+        if unknown:
+            raise ValueError(
+                f"head_weights name unknown heads {unknown}; heads: {list(head_names)}"
+            )
+        self.head_names = list(head_names)
+        self.formulation = formulation
+        self.click_index = _head_index(head_names, click_head) if formulation == "esmm" else -1
+        weights = [float(head_weights.get(h, 1.0)) for h in self.head_names]
+        self.register_buffer("head_weight", torch.tensor(weights), persistent=False)
+
+    @classmethod
+    def from_config(cls, config: LossConfig, head_names: Sequence[str]) -> MultiTaskBCELoss:
+        return cls(
+            head_names,
+            config.head_weights,
+            formulation=config.formulation,
+            click_head=config.esmm_click_head,
+        )
+
+    def forward(
+        self, logits: Tensor, labels: Tensor, label_mask: Tensor, weight: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """logits, labels, label_mask: ``B x H``; weight: ``B``. Returns the weighted total
+        and each head's (unweighted by ``w_h``) mean BCE, all computed in float32+."""
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        logits = logits.to(dtype)
+        row_weight = label_mask.to(dtype) * weight.to(dtype)[:, None]  # B x H
+        defined = row_weight > 0
+        labels = torch.where(defined, labels.to(dtype), torch.zeros_like(logits))
+        nll = self._negative_log_likelihood(logits, labels)
+        weighted = torch.where(defined, nll * row_weight, torch.zeros_like(nll))
+        denominator = row_weight.sum(0).clamp_min(torch.finfo(dtype).tiny)
+        per_head = weighted.sum(0) / denominator  # H
+        total = (per_head * self.head_weight.to(dtype)).sum()
+        return total, dict(zip(self.head_names, per_head.unbind(0), strict=True))
+
+    def _negative_log_likelihood(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """``B x H`` per-entry BCE of the formulation's probability."""
+        independent = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        if self.formulation == "independent":
+            return independent
+        c = self.click_index
+        log_p = F.logsigmoid(logits) + F.logsigmoid(logits[:, c : c + 1])  # log pCTCVR
+        log_p = log_p.clamp(max=-torch.finfo(logits.dtype).eps)
+        product = -(labels * log_p + (1 - labels) * _log1mexp(log_p))
+        is_click = torch.arange(logits.shape[1], device=logits.device) == c
+        return torch.where(is_click, independent, product)
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """``log(1 - exp(x))`` for ``x < 0``, accurate on both sides of ``-log 2`` (Mächler
+    2012); each branch sees only inputs where it is finite, so gradients stay finite."""
+    cut = -math.log(2.0)
+    near_zero = torch.log(-torch.expm1(x.clamp(min=cut)))
+    far = torch.log1p(-torch.exp(x.clamp(max=cut)))
+    return torch.where(x > cut, near_zero, far)
+
+
+def _head_index(head_names: Sequence[str], head: str) -> int:
+    if head not in head_names:
+        raise ValueError(f"ESMM click head {head!r} is not one of the heads {list(head_names)}")
+    return list(head_names).index(head)
