@@ -78,6 +78,7 @@ def map_ids(
     else:
         raise TypeError(f"expected int or string ids, got {arr.type}")
     out = raw + 1
-    bad = (raw < 0) | (raw >= vocab) | ~valid
-    out[bad] = oov
+    # Nulls were filled with -1; negative ids wrap to huge unsigned values, so one
+    # comparison sends them and ids >= vocab to the OOV row.
+    np.putmask(out, raw.view(np.uint64) >= vocab, oov)
     return out
