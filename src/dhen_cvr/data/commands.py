@@ -1,9 +1,60 @@
-"""CLI commands of the data layer (placeholder until synth/inspect land)."""
+"""CLI commands of the data layer: ``dhen-cvr synth`` and ``dhen-cvr inspect``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from pydantic import ValidationError
+
+from dhen_cvr.data.inspect import format_report, inspect_dataset
+from dhen_cvr.data.synth import WorldConfig, synthesize
+from dhen_cvr.errors import DhenCvrError
+
+
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (dt=YYYY-MM-DD/ + spec.yaml).")],
+    days: Annotated[int, typer.Option(help="Logged days of impressions.")] = 14,
+    users: Annotated[int, typer.Option(help="Number of users.")] = 2000,
+    impressions_per_day: Annotated[
+        int, typer.Option(help="Expected impressions per day before down-sampling.")
+    ] = 20000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed -> same data).")] = 0,
+    max_seq_len: Annotated[int, typer.Option(help="Items kept per behaviour sequence.")] = 50,
+    negative_rate: Annotated[
+        float, typer.Option(help="Keep rate of non-converting impressions.")
+    ] = 0.05,
+    start_date: Annotated[str, typer.Option(help="First logged day, YYYY-MM-DD.")] = "2026-01-01",
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Write the synthetic conversion-ads world (see ``dhen_cvr.data.synth``)."""
+    try:
+        config = WorldConfig(
+            days=days,
+            users=users,
+            impressions_per_day=impressions_per_day,
+            seed=seed,
+            max_seq_len=max_seq_len,
+            negative_rate=negative_rate,
+            start_date=start_date,
+        )
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise DhenCvrError(f"invalid world settings: {problems}") from None
+    summary = synthesize(out, config, overwrite=overwrite)
+    typer.echo(summary.format())
+    typer.echo(f"wrote {out} (spec.yaml, world.json)")
+
+
+def inspect(
+    root: Annotated[Path, typer.Argument(help="A data set folder with spec.yaml.")],
+) -> None:
+    """Rows per day, label rates before/after sampling, sequence lengths, oracle AUCs."""
+    typer.echo(format_report(inspect_dataset(root)))
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the top-level app."""
+    app.command("synth")(synth)
+    app.command("inspect")(inspect)
