@@ -1,4 +1,4 @@
-"""CLI commands of the data layer: ``dhen-cvr synth`` and ``dhen-cvr inspect``."""
+"""CLI commands of the data layer: ``synth``, ``inspect`` and ``validate``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import typer
 from pydantic import ValidationError
 
 from dhen_cvr.data.inspect import format_report, inspect_dataset
+from dhen_cvr.data.spec import load_spec
 from dhen_cvr.data.synth import WorldConfig, synthesize
+from dhen_cvr.data.validate import validate_dataset
+from dhen_cvr.data.writer import day_dirs
 from dhen_cvr.errors import DhenCvrError
 
 
@@ -54,7 +57,24 @@ def inspect(
     typer.echo(format_report(inspect_dataset(root)))
 
 
+def validate(
+    root: Annotated[Path, typer.Argument(help="A data set folder (dt=*/ day folders).")],
+    spec: Annotated[
+        Path | None, typer.Option(help="Feature spec YAML (default: ROOT/spec.yaml).")
+    ] = None,
+    max_errors: Annotated[int, typer.Option(help="Stop listing after this many.")] = 100,
+) -> None:
+    """Check every file, row group and column against the spec; exit 1 on any problem."""
+    feature_spec = load_spec(spec or root / "spec.yaml")
+    sources = day_dirs(root) or [root]
+    report = validate_dataset(sources, feature_spec, max_errors=max_errors)
+    typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the top-level app."""
     app.command("synth")(synth)
     app.command("inspect")(inspect)
+    app.command("validate")(validate)
