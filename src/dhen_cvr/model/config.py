@@ -1,0 +1,95 @@
+"""The model's configuration: the ``model:`` section of a run config YAML.
+
+A run config has top-level ``model:``, ``loss:`` and ``train:`` sections; this module reads
+``model:`` (:func:`load_model_config`). ``configs/paper.yaml`` is paper Appendix A.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dhen_cvr.data.spec import FeatureCategory
+from dhen_cvr.errors import DhenCvrError
+from dhen_cvr.model.dhen import DHENConfig
+from dhen_cvr.model.sequence import SequenceConfig
+
+__all__ = ["ConfigError", "ModelConfig", "load_model_config", "read_config_section"]
+
+
+class ConfigError(DhenCvrError):
+    """A run config that cannot be used; the message names the file and the entry."""
+
+
+class ModelConfig(BaseModel):
+    """Everything that shapes :class:`~dhen_cvr.model.cvr_model.CVRModel`.
+
+    dim:             ``D``, the unified token width (paper: 64)
+    embedding_dim:   default width of embedding tables (a spec entry may override it)
+    sequence:        the behaviour-sequence encoders
+    ssl_dim:         width of the self-supervised scoring space (``d_ssl``)
+    dhen:            the backbone (layers of crossing modules)
+    head_hidden:     each head's own MLP (paper: [128, 128, 128]), then one logit
+    head_dropout:    dropout after each hidden layer of the heads
+    drop_categories: feature categories removed from the input (paper Figure 6 ablation)
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = Field(default=64, gt=0)
+    embedding_dim: int = Field(default=64, gt=0)
+    sequence: SequenceConfig = SequenceConfig()
+    ssl_dim: int = Field(default=64, gt=0)
+    dhen: DHENConfig
+    head_hidden: list[int] = Field(default_factory=lambda: [128, 128, 128])
+    head_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    drop_categories: list[str] = Field(default_factory=list)
+
+    @field_validator("head_hidden")
+    @classmethod
+    def _positive_widths(cls, value: list[int]) -> list[int]:
+        if any(w <= 0 for w in value):
+            raise ValueError(f"head_hidden widths must be positive, got {value}")
+        return value
+
+    @field_validator("drop_categories")
+    @classmethod
+    def _known_categories(cls, value: list[str]) -> list[str]:
+        known = {c.value for c in FeatureCategory}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown feature category {unknown}; known: {sorted(known)}")
+        return value
+
+
+def read_config_section(path: str | Path, section: str) -> dict[str, Any]:
+    """The raw mapping under top-level key ``section`` of a run config YAML."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {p} is not valid YAML: {err}") from None
+    if not isinstance(data, dict) or section not in data:
+        raise ConfigError(f"config {p} has no top-level '{section}:' section")
+    raw = data[section]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {p}: '{section}:' must be a mapping")
+    return raw
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read and validate the ``model:`` section; errors name the file and the entry."""
+    raw = read_config_section(path, "model")
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"invalid model config in {path}:"]
+        for e in err.errors():
+            where = ".".join(str(part) for part in e["loc"]) or "model"
+            lines.append(f"  model.{where}: {e['msg']}")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,203 @@
+"""The multi-task DHEN CVR model (paper Figure 2): tokens -> DHEN -> one head per task.
+
+::
+
+    X = [feature tokens ; sequence tokens]        B x L x D   (tokens.py, sequence.py)
+    Y = DHEN(X)                                   B x L x D   (dhen.py)
+    logits = heads(flatten(Y))                    B x H       (heads.py, spec label order)
+
+plus, per behaviour sequence, the encoder's per-position outputs for the self-supervised
+loss (:class:`~dhen_cvr.model.output.SequenceEncoding`), whose targets are embedded by
+:meth:`CVRModel.embed_targets` (the :class:`~dhen_cvr.model.output.TargetEmbedder` protocol).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dhen_cvr.data.batch import Batch, SequenceBatch
+from dhen_cvr.data.spec import FeatureSpec
+from dhen_cvr.data.stats import MinMaxStats
+from dhen_cvr.model.config import ModelConfig
+from dhen_cvr.model.dhen import DHEN, CrossingContext
+from dhen_cvr.model.heads import MultiTaskHeads
+from dhen_cvr.model.output import ModelOutput
+from dhen_cvr.model.sequence import SequenceEncoders
+from dhen_cvr.model.tokens import EmbeddingTables, FeatureTokenizer
+
+__all__ = ["CVRModel", "ServedCVRModel"]
+
+
+class CVRModel(nn.Module):
+    """Feature tokens, sequence encoders, DHEN backbone and multi-task heads.
+
+    ``spec`` is the data's full feature spec (batches are built from it);
+    ``config.drop_categories`` removes those categories' features from the model's input.
+    ``dense_stats`` are the fitted min-max statistics (also settable later with
+    :meth:`set_dense_stats`; they are buffers, so they are saved with the weights).
+    """
+
+    def __init__(
+        self, spec: FeatureSpec, config: ModelConfig, dense_stats: MinMaxStats | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.data_spec = spec
+        self.spec = spec.without_categories(config.drop_categories)
+        self.tables = EmbeddingTables(self.spec, config.embedding_dim)
+        self.features = FeatureTokenizer(
+            self.spec, self.tables, config.dim, dense_input_names=[f.name for f in spec.dense]
+        )
+        self.sequences = SequenceEncoders(
+            self.spec.sequences, self.tables, config.sequence, config.dim, config.ssl_dim
+        )
+        self.token_names: list[str] = self.features.token_names + self.sequences.token_names
+        if not self.token_names:
+            raise ValueError(
+                f"no input tokens left after dropping categories {config.drop_categories}"
+            )
+        self.context = CrossingContext(
+            num_tokens=len(self.token_names),
+            dim=config.dim,
+            candidate_index=self.features.candidate_token,
+        )
+        self.backbone = DHEN(config.dhen, self.context)
+        self.heads = MultiTaskHeads(
+            self.context.flat_dim, spec.label_names, config.head_hidden, config.head_dropout
+        )
+        if dense_stats is not None:
+            self.set_dense_stats(dense_stats)
+
+    # ---- names ----------------------------------------------------------------------
+    @property
+    def head_names(self) -> list[str]:
+        """All heads, in spec label order (the columns of ``ModelOutput.logits``)."""
+        return self.spec.label_names
+
+    @property
+    def served_head_names(self) -> list[str]:
+        """Heads exported for serving (``serve: false`` ones, e.g. CTR, left out)."""
+        return [lb.name for lb in self.spec.labels if lb.serve]
+
+    @property
+    def sequence_max_lens(self) -> dict[str, int]:
+        """Items kept per sequence (spec ``max_len`` capped by ``sequence.max_len_cap``);
+        a loader that cuts to these saves the model a gather."""
+        return dict(self.sequences.max_lens)
+
+    def set_dense_stats(self, stats: MinMaxStats) -> None:
+        """Install fitted min-max statistics (matched by feature name)."""
+        self.features.scaler.set_stats(stats)
+
+    # ---- forward --------------------------------------------------------------------
+    def forward(self, batch: Batch, mlm_mask: dict[str, Tensor] | None = None) -> ModelOutput:
+        """``mlm_mask``: per sequence ``B x T`` bool, items replaced by ``[MASK]`` (needs a
+        bidirectional encoder, ``sequence.causal: false``)."""
+        return self.encode(
+            batch.dense, batch.pretrained, batch.categorical, batch.sequences, mlm_mask
+        )
+
+    def encode(
+        self,
+        dense: Tensor,
+        pretrained: dict[str, Tensor],
+        categorical: dict[str, Tensor],
+        sequences: dict[str, SequenceBatch],
+        mlm_mask: dict[str, Tensor] | None = None,
+        ssl: bool = True,
+    ) -> ModelOutput:
+        """The forward pass on the model-input parts of a :class:`Batch`; ``ssl=False``
+        skips the per-position SSL outputs (``ModelOutput.sequences`` is then empty)."""
+        feature_tokens = self.features(self.tables, dense, pretrained, categorical)
+        query = self.features.candidate_summary(feature_tokens)
+        sequence_tokens, encodings = self.sequences(
+            self.tables, sequences, query, mlm_mask, ssl=ssl
+        )
+        parts = [t for t in (feature_tokens, sequence_tokens) if t is not None and t.shape[1]]
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        y = self.backbone(x)
+        return ModelOutput(logits=self.heads(y.flatten(1)), sequences=encodings)
+
+    # ---- TargetEmbedder -------------------------------------------------------------
+    def embed_targets(self, sequence: str, ids: Tensor) -> Tensor:
+        """Target-field ids ``(...)`` of ``sequence`` -> ``(..., d_ssl)``."""
+        return self.sequences.tower(sequence).embed_targets(self.tables, ids)
+
+    def num_target_ids(self, sequence: str) -> int:
+        """Rows of the target field's table (row 0 = padding; ``1..n-1`` real ids and OOV)."""
+        target = self.sequences.tower(sequence).feature.target
+        return self.tables.table(target).num_embeddings
+
+
+class ServedCVRModel(nn.Module):
+    """The inference path on plain tensors, for ``torch.export`` / ``torch.jit.trace``.
+
+    ``forward(dense, pretrained, categorical, *sequences) -> B x H_served`` logits of the
+    served heads (:attr:`CVRModel.served_head_names` order; sigmoid and the down-sampling
+    correction are the exporter's). Inputs, ``B`` rows:
+
+    - ``dense``: float ``B x n`` raw values, the columns of ``Batch.dense`` (spec order);
+    - ``pretrained``: float ``B x sum(dim)``, the model's pre-trained vectors concatenated
+      in spec order (``B x 0`` if none);
+    - ``categorical``: long ``B x n_cat`` mapped ids, the model's categorical features in
+      spec order (``B x 0`` if none);
+    - per sequence of the model, in spec order, three tensors: ``ids`` long
+      ``B x T x n_fields`` (fields in spec order), ``time`` float ``B x T x 2``,
+      ``lengths`` long ``B`` (rows right-padded; the mask is ``arange(T) < lengths``).
+
+    :meth:`flat_inputs` builds this tuple from a :class:`Batch`. The model runs in the mode
+    it is in; call ``.eval()`` first.
+    """
+
+    def __init__(self, model: CVRModel) -> None:
+        super().__init__()
+        self.model = model
+        spec = model.spec
+        self.pretrained = [(f.name, f.dim) for f in spec.pretrained]
+        self.categorical = [f.name for f in spec.categorical]
+        self.sequence_fields = [(s.name, [f.name for f in s.fields]) for s in spec.sequences]
+        labels = model.head_names
+        self.register_buffer(
+            "served",
+            torch.tensor(
+                [labels.index(n) for n in model.served_head_names],
+                dtype=torch.long,
+                device=next(model.parameters()).device,
+            ),
+        )
+        self.served: Tensor
+
+    def flat_inputs(self, batch: Batch) -> tuple[Tensor, ...]:
+        """The positional inputs of :meth:`forward` for ``batch``."""
+        B = len(batch)
+        pretrained = [batch.pretrained[name].float() for name, _ in self.pretrained]
+        categorical = [batch.categorical[name] for name in self.categorical]
+        out: list[Tensor] = [
+            batch.dense.float(),
+            torch.cat(pretrained, 1) if pretrained else batch.dense.new_zeros(B, 0),
+            torch.stack(categorical, 1) if categorical else batch.dense.new_zeros(B, 0).long(),
+        ]
+        for name, fields in self.sequence_fields:
+            seq = batch.sequences[name]
+            out += [torch.stack([seq.ids[f] for f in fields], -1), seq.time, seq.lengths]
+        return tuple(out)
+
+    def forward(
+        self, dense: Tensor, pretrained: Tensor, categorical: Tensor, *sequences: Tensor
+    ) -> Tensor:
+        widths = [dim for _, dim in self.pretrained]
+        pre = dict(zip([n for n, _ in self.pretrained], pretrained.split(widths, 1), strict=True))
+        cat = {name: categorical[:, i] for i, name in enumerate(self.categorical)}
+        seqs: dict[str, SequenceBatch] = {}
+        for i, (name, fields) in enumerate(self.sequence_fields):
+            ids, time, lengths = sequences[3 * i : 3 * i + 3]
+            mask = torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None]
+            seqs[name] = SequenceBatch(
+                ids={f: ids[..., j] for j, f in enumerate(fields)},
+                time=time,
+                mask=mask,
+                lengths=lengths,
+            )
+        logits = self.model.encode(dense, pre, cat, seqs, ssl=False).logits
+        return logits.index_select(1, self.served)

@@ -1,0 +1,337 @@
+"""Behaviour-sequence encoders (paper 3.1 "Sequence Modeling", Figure 3).
+
+Per sequence ``S`` (right-padded, oldest item first, ``B x T``):
+
+1. item vector = concat(field embeddings, the 2 time features) -> ``Linear -> d_model``
+   (plus a learned sequence-type vector when one encoder is shared by all sequences;
+   MLM-masked items are replaced by a learned ``[MASK]`` vector);
+2. + a learned position embedding counted from the newest item (position 0 = newest),
+   so recency lines up across rows of different lengths;
+3. a pre-norm Transformer encoder (:class:`EncoderLayer`, ``F.scaled_dot_product_attention``),
+   causal by default so the same pass serves next-action prediction (paper 3.2);
+4. tokens for the backbone, each ``Linear(d_model -> D)``: ``last`` (the output at the
+   newest item), ``target_attention`` (softmax attention pooling against the candidate ad,
+   DIN style), ``mean`` (masked mean). A row with no items gets a learned "empty" vector
+   per token kind instead, never NaN;
+5. for the self-supervised loss: every position's output projected to ``d_ssl``, and the
+   target field's embedding rows projected to ``d_ssl`` (:meth:`SequenceTower.embed_targets`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+from dhen_cvr.data.batch import NUM_TIME_FEATURES, SequenceBatch
+from dhen_cvr.data.spec import SequenceFeature
+from dhen_cvr.model.output import SequenceEncoding
+from dhen_cvr.model.tokens import EmbeddingTables
+
+__all__ = [
+    "EncoderLayer",
+    "SequenceConfig",
+    "SequenceEncoders",
+    "SequenceTokenKind",
+    "SequenceTower",
+    "SequenceTransformer",
+    "TargetAttentionPooling",
+    "key_padding_mask",
+    "recent_window",
+]
+
+SequenceTokenKind = Literal["last", "target_attention", "mean"]
+
+
+def _default_tokens() -> list[SequenceTokenKind]:
+    return ["last", "target_attention"]
+
+
+class SequenceConfig(BaseModel):
+    """Sequence encoder hyper-parameters (the paper does not list them; ours by default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    d_model: int = Field(default=64, gt=0)
+    layers: int = Field(default=2, ge=0)
+    heads: int = Field(default=4, gt=0)
+    ffn: int = Field(default=256, gt=0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    shared: bool = False  # one encoder for all sequences, plus a sequence-type embedding
+    causal: bool = True  # False: bidirectional attention (required for the MLM loss)
+    max_len_cap: int | None = Field(default=None, gt=0)  # keep at most this many newest items
+    tokens: list[SequenceTokenKind] = Field(default_factory=_default_tokens, min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SequenceConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
+        if len(set(self.tokens)) != len(self.tokens):
+            raise ValueError(f"sequence tokens repeat: {self.tokens}")
+        return self
+
+    def max_len(self, feature: SequenceFeature) -> int:
+        """Items the model keeps from ``feature``: its spec ``max_len``, capped."""
+        cap = self.max_len_cap if self.max_len_cap is not None else feature.max_len
+        return min(feature.max_len, cap)
+
+
+def recent_window(
+    seq: SequenceBatch, max_len: int, mlm_mask: Tensor | None = None
+) -> tuple[SequenceBatch, Tensor | None]:
+    """Keep each row's newest ``max_len`` items (rows stay right-padded, oldest first).
+
+    A no-op when ``T <= max_len``; the data loader normally cuts already. ``mlm_mask``
+    (``B x T``) is cut the same way.
+    """
+    if seq.mask.shape[1] <= max_len:
+        return seq, mlm_mask
+    lengths = seq.lengths.clamp(max=max_len)
+    offsets = torch.arange(max_len, device=lengths.device)
+    index = (seq.lengths - lengths)[:, None] + offsets  # B x max_len, always < T
+    mask = offsets[None] < lengths[:, None]
+    ids = {k: v.gather(1, index).masked_fill(~mask, 0) for k, v in seq.ids.items()}
+    time_index = index[..., None].expand(-1, -1, seq.time.shape[-1])
+    time = seq.time.gather(1, time_index) * mask[..., None]
+    cut_mlm = None if mlm_mask is None else mlm_mask.gather(1, index) & mask
+    return SequenceBatch(ids=ids, time=time, mask=mask, lengths=lengths), cut_mlm
+
+
+def key_padding_mask(mask: Tensor) -> Tensor:
+    """``B x T`` valid items -> ``B x 1 x 1 x T`` SDPA key mask (True = may attend).
+
+    A row without items would have every key masked, which makes SDPA return NaN; such a
+    row attends to position 0 instead (its outputs are replaced by "empty" vectors later).
+    """
+    first = torch.arange(mask.shape[1], device=mask.device)[None] == 0
+    usable = mask | (first & ~mask.any(dim=1, keepdim=True))
+    return usable[:, None, None, :]
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm Transformer layer: ``x += Drop(MHA(LN(x))); x += Drop(FFN(LN(x)))``.
+
+    ``B x T x d -> B x T x d``. Causal attention uses SDPA's ``is_causal`` with no mask
+    tensor: rows are right-padded, so a valid query only ever sees valid keys, and the
+    fused kernels stay available. Bidirectional attention takes a key mask.
+    """
+
+    def __init__(self, d_model: int, heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.attn_norm = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.attn_out = nn.Linear(d_model, d_model)
+        self.ffn_norm = nn.LayerNorm(d_model)
+        self.ffn = nn.Sequential(nn.Linear(d_model, ffn), nn.GELU(), nn.Linear(ffn, d_model))
+
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        """``key_mask`` None = causal; else a ``B x 1 x 1 x T`` bool mask (bidirectional)."""
+        B, T, d = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, dropout_p=p, is_causal=key_mask is None
+        )
+        x = x + F.dropout(self.attn_out(a.transpose(1, 2).reshape(B, T, d)), p, self.training)
+        return x + F.dropout(self.ffn(self.ffn_norm(x)), p, self.training)
+
+
+class SequenceTransformer(nn.Module):
+    """Position embedding (from the newest item) + :class:`EncoderLayer` stack + LayerNorm.
+
+    ``B x T x d_model -> B x T x d_model``.
+    """
+
+    def __init__(self, config: SequenceConfig, max_len: int) -> None:
+        super().__init__()
+        d = config.d_model
+        self.position = nn.Embedding(max_len, d)
+        nn.init.normal_(self.position.weight, std=0.02)
+        self.layers = nn.ModuleList(
+            EncoderLayer(d, config.heads, config.ffn, config.dropout) for _ in range(config.layers)
+        )
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: Tensor, lengths: Tensor, key_mask: Tensor | None) -> Tensor:
+        T = x.shape[1]
+        age = lengths[:, None] - 1 - torch.arange(T, device=x.device)  # 0 = newest item
+        x = x + self.position(age.clamp(min=0))
+        for layer in self.layers:
+            x = layer(x, key_mask)
+        return self.norm(x)
+
+
+class TargetAttentionPooling(nn.Module):
+    """DIN-style target attention: ``sum_t softmax_t(q^T W h_t / sqrt(d)) h_t`` over valid t.
+
+    ``h: B x T x d``, ``valid: B x T`` (at least one True per row), ``query: B x d_q``
+    (the candidate ad) -> ``B x d``. ``W`` is ``Linear(d_q -> d)`` applied to the query.
+    """
+
+    def __init__(self, d_model: int, query_dim: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(query_dim, d_model)
+        self.scale = 1.0 / math.sqrt(d_model)
+
+    def forward(self, h: Tensor, valid: Tensor, query: Tensor) -> Tensor:
+        q = self.query(query).to(h.dtype)
+        scores = torch.einsum("btd,bd->bt", h, q) * self.scale
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # bf16 -> fp32
+        weights = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=1)
+        return torch.einsum("bt,btd->bd", weights.to(h.dtype), h)
+
+
+class SequenceTower(nn.Module):
+    """One sequence's item projection, pooling, token projection and SSL projections."""
+
+    def __init__(
+        self,
+        feature: SequenceFeature,
+        tables: EmbeddingTables,
+        config: SequenceConfig,
+        dim: int,
+        ssl_dim: int,
+    ) -> None:
+        super().__init__()
+        d = config.d_model
+        self.feature = feature
+        self.token_kinds = list(config.tokens)
+        self.causal = config.causal
+        width = sum(tables.width(f) for f in feature.fields) + NUM_TIME_FEATURES
+        self.item_proj = nn.Linear(width, d)
+        self.type_embedding = nn.Parameter(torch.randn(d) * 0.02) if config.shared else None
+        self.mask_embedding = None if config.causal else nn.Parameter(torch.randn(d) * 0.02)
+        self.pool = (
+            TargetAttentionPooling(d, dim) if "target_attention" in self.token_kinds else None
+        )
+        self.empty = nn.Parameter(torch.randn(len(self.token_kinds), d) * 0.02)
+        self.token_proj = nn.Linear(d, dim)
+        self.ssl_proj = nn.Linear(d, ssl_dim)
+        self.target_proj = nn.Linear(tables.width(feature.target), ssl_dim)
+
+    def embed_items(
+        self, tables: EmbeddingTables, seq: SequenceBatch, mlm: Tensor | None
+    ) -> Tensor:
+        """``B x T x d_model`` item inputs (before position embedding)."""
+        parts = [tables(f, seq.ids[f.name]) for f in self.feature.fields]
+        parts.append(seq.time.to(parts[0].dtype))
+        x = self.item_proj(torch.cat(parts, dim=-1))
+        if self.type_embedding is not None:
+            x = x + self.type_embedding
+        if mlm is not None:
+            if self.mask_embedding is None:
+                raise ValueError(
+                    "an MLM mask needs a bidirectional encoder: set model.sequence.causal: false"
+                )
+            x = torch.where(mlm[..., None], self.mask_embedding.to(x.dtype), x)
+        return x
+
+    def tokens(self, h: Tensor, seq: SequenceBatch, query: Tensor) -> Tensor:
+        """Encoder outputs ``B x T x d_model`` -> ``B x k x D`` tokens (empty rows: learned)."""
+        B, T, _ = h.shape
+        empty_row = seq.lengths == 0
+        pooled: list[Tensor] = []
+        for kind in self.token_kinds:
+            if T == 0:
+                pooled.append(h.new_zeros(B, h.shape[-1]))
+            elif kind == "last":
+                index = (seq.lengths - 1).clamp(min=0)
+                pooled.append(h[torch.arange(B, device=h.device), index])
+            elif kind == "mean":
+                m = seq.mask[..., None].to(h.dtype)
+                pooled.append((h * m).sum(1) / seq.lengths.clamp(min=1)[:, None].to(h.dtype))
+            else:
+                assert self.pool is not None
+                first = torch.arange(T, device=h.device)[None] == 0
+                valid = seq.mask | (first & empty_row[:, None])
+                pooled.append(self.pool(h, valid, query))
+        stacked = torch.stack(pooled, dim=1)  # B x k x d_model
+        stacked = torch.where(empty_row[:, None, None], self.empty.to(stacked.dtype), stacked)
+        return self.token_proj(stacked)
+
+    def embed_targets(self, tables: EmbeddingTables, ids: Tensor) -> Tensor:
+        """Target-field ids ``(...)`` -> ``(..., d_ssl)`` (SSL positives and negatives)."""
+        return self.target_proj(tables(self.feature.target, ids))
+
+
+class SequenceEncoders(nn.Module):
+    """All behaviour sequences -> ``B x L_s x D`` tokens + per-sequence SSL encodings."""
+
+    def __init__(
+        self,
+        sequences: list[SequenceFeature],
+        tables: EmbeddingTables,
+        config: SequenceConfig,
+        dim: int,
+        ssl_dim: int,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.dim = dim
+        self.max_lens = {s.name: config.max_len(s) for s in sequences}
+        self.towers = nn.ModuleDict(
+            {s.name: SequenceTower(s, tables, config, dim, ssl_dim) for s in sequences}
+        )
+        if config.shared and sequences:
+            shared = SequenceTransformer(config, max(self.max_lens.values()))
+            self.encoders = nn.ModuleDict({"shared": shared})
+        else:
+            self.encoders = nn.ModuleDict(
+                {s.name: SequenceTransformer(config, self.max_lens[s.name]) for s in sequences}
+            )
+        self.token_names = [
+            f"sequence:{s.name}:{kind}" for s in sequences for kind in config.tokens
+        ]
+
+    def encoder(self, name: str) -> SequenceTransformer:
+        enc = self.encoders["shared" if self.config.shared else name]
+        assert isinstance(enc, SequenceTransformer)
+        return enc
+
+    def tower(self, name: str) -> SequenceTower:
+        tower = self.towers[name]
+        assert isinstance(tower, SequenceTower)
+        return tower
+
+    def forward(
+        self,
+        tables: EmbeddingTables,
+        sequences: dict[str, SequenceBatch],
+        query: Tensor | None,
+        mlm_mask: dict[str, Tensor] | None = None,
+        ssl: bool = True,
+    ) -> tuple[Tensor | None, dict[str, SequenceEncoding]]:
+        """-> (``B x L_s x D`` tokens or None without sequences, encodings by name).
+
+        ``query``: ``B x D`` candidate-ad summary (None: a learned constant query);
+        ``mlm_mask``: per sequence ``B x T`` bool, positions whose item input is masked;
+        ``ssl``: False skips the per-position SSL projection (serving; no encodings).
+        """
+        tokens: list[Tensor] = []
+        encodings: dict[str, SequenceEncoding] = {}
+        for name in self.towers:
+            tower = self.tower(name)
+            mlm = None if mlm_mask is None else mlm_mask.get(name)
+            seq, mlm = recent_window(sequences[name], self.max_lens[name], mlm)
+            B, T = seq.mask.shape
+            q = query if query is not None else seq.time.new_zeros(B, self.dim)
+            x = tower.embed_items(tables, seq, mlm)
+            if T > 0:
+                key_mask = None if self.config.causal else key_padding_mask(seq.mask)
+                x = self.encoder(name)(x, seq.lengths, key_mask)
+            tokens.append(tower.tokens(x, seq, q))
+            if not ssl:
+                continue
+            target = tower.feature.target.name
+            encodings[name] = SequenceEncoding(
+                hidden=tower.ssl_proj(x), mask=seq.mask, target_ids=seq.ids[target], mlm_mask=mlm
+            )
+        if not tokens:
+            return None, encodings
+        return torch.cat(tokens, dim=1), encodings
