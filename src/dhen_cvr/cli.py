@@ -16,6 +16,10 @@ from dhen_cvr.errors import DhenCvrError
 
 _COMMAND_MODULES = [
     "dhen_cvr.data.commands",
+    "dhen_cvr.data.prepare.commands",
+    "dhen_cvr.model.commands",
+    "dhen_cvr.train.commands",
+    "dhen_cvr.eval.commands",
 ]
 
 app = typer.Typer(

@@ -1,0 +1,34 @@
+"""CLI: ``evaluate`` (a thin layer over :func:`dhen_cvr.eval.evaluate.evaluate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``evaluate`` to the top-level app."""
+
+    @app.command("evaluate")
+    def evaluate_command(
+        run: Path = typer.Option(..., "--run", help="run folder (or checkpoint folder)"),
+        data: Path = typer.Option(..., "--data", help="data folder with dt=*/ days"),
+        days: str = typer.Option(
+            ..., "--days", help="days by index or date: '11', '11-12', '2026-01-11..2026-01-12'"
+        ),
+        baseline: Path | None = typer.Option(
+            None, "--baseline", help="another run: adds its metrics and the relative lift"
+        ),
+        batch_size: int | None = typer.Option(None, "--batch-size", help="rows per batch"),
+    ) -> None:
+        """Per-head next-day metrics (ROC-AUC, PR-AUC, log loss, calibration, oracle)."""
+        from dhen_cvr.eval.evaluate import evaluate
+        from dhen_cvr.eval.report import format_report
+        from dhen_cvr.train.distributed import is_main_process
+
+        report = evaluate(run, data, days, baseline=baseline, batch_size=batch_size)
+        if is_main_process():
+            typer.echo(format_report(report))

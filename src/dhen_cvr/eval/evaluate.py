@@ -1,0 +1,324 @@
+"""Next-day evaluation of a trained run (paper 5.2; DESIGN section 6).
+
+Per head and per evaluation day, then averaged over days:
+
+- ``roc_auc``, ``pr_auc`` (average precision) and ``log_loss`` on the evaluation day as
+  logged, i.e. the down-sampled data, with the model's probabilities on that scale (as
+  the paper evaluates);
+- ``calibration``: ``Σ p / Σ y`` on the *full* population: the served probabilities
+  (corrected for the negative down-sampling with ``spec.sampling.negative_rate``,
+  :mod:`dhen_cvr.eval.calibration`) and every row weighted by ``1 / inclusion_prob``;
+- ``oracle_roc_auc``/``oracle_pr_auc``: the same metrics of the data's true
+  probabilities (``oracle_*`` columns, synthetic data), the ceiling a model can reach;
+- with a baseline run: its mean metrics and the relative lift ``(m - m_base) / m_base``.
+
+Heads with ``serve: false`` (the CTR head, paper 2.2) are evaluated and marked. Under
+``torchrun`` every rank scores its own shard and the metric accumulators are merged, so
+the numbers are exact, not averages of per-rank values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dhen_cvr.data.reader import ParquetBatchStream, make_loader
+from dhen_cvr.data.spec import FeatureSpec, load_spec
+from dhen_cvr.days import day_name, resolve_days
+from dhen_cvr.errors import DhenCvrError
+from dhen_cvr.eval.calibration import correct_for_negative_sampling, inclusion_weights
+from dhen_cvr.eval.metrics import StreamingBinaryMetrics, relative_lift
+from dhen_cvr.model.cvr_model import CVRModel
+from dhen_cvr.train.checkpoint import load_trained_model
+from dhen_cvr.train.distributed import DistContext, all_gather_objects, init_distributed
+from dhen_cvr.train.losses import LossConfig, esmm_probabilities
+
+__all__ = [
+    "METRICS",
+    "EvalReport",
+    "HeadMetrics",
+    "combine_reports",
+    "evaluate",
+    "evaluate_model",
+]
+
+METRICS = ("roc_auc", "pr_auc", "log_loss", "calibration", "oracle_roc_auc", "oracle_pr_auc")
+LIFT_METRICS = ("roc_auc", "pr_auc")
+
+HeadMetrics = dict[str, float]  # metric name -> value (plus "count", "positives")
+
+
+@dataclass
+class EvalReport:
+    """Metrics per day and head, their mean over days, and the lift vs a baseline.
+
+    per_day: ``{day: {head: {metric: value}}}``; mean: ``{head: {metric: value}}`` (mean
+    over days where finite; ``count``/``positives`` summed); baseline_mean/lift: the same
+    shape for the baseline run and the relative lift of ``LIFT_METRICS``.
+    """
+
+    run: str
+    days: list[str]
+    heads: list[str]
+    served: dict[str, bool]
+    negative_rate: float
+    per_day: dict[str, dict[str, HeadMetrics]]
+    mean: dict[str, HeadMetrics]
+    baseline: str | None = None
+    baseline_mean: dict[str, HeadMetrics] | None = None
+    lift: dict[str, HeadMetrics] | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (NaN written as null)."""
+        return _nan_to_none(asdict(self))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvalReport:
+        data = json.loads(Path(path).read_text())
+        for key in ("per_day", "mean", "baseline_mean", "lift"):
+            if data.get(key) is not None:
+                data[key] = _none_to_nan(data[key])
+        return cls(**data)
+
+    def with_baseline(self, baseline: EvalReport) -> EvalReport:
+        """This report plus ``baseline``'s means and the relative lift per head."""
+        if baseline.days != self.days:
+            raise DhenCvrError(
+                f"baseline evaluated on {baseline.days}, this run on {self.days}: "
+                "lift needs the same days"
+            )
+        lift = {
+            head: {
+                m: relative_lift(self.mean[head][m], baseline.mean[head][m]) for m in LIFT_METRICS
+            }
+            for head in self.heads
+            if head in baseline.mean
+        }
+        return replace(self, baseline=baseline.run, baseline_mean=baseline.mean, lift=lift)
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def _none_to_nan(obj: Any) -> Any:
+    if obj is None:
+        return math.nan
+    if isinstance(obj, dict):
+        return {k: _none_to_nan(v) for k, v in obj.items()}
+    return obj
+
+
+class _DayAccumulator:
+    """The three populations of one evaluation: sampled data, full population, oracle."""
+
+    def __init__(self) -> None:
+        self.sampled = StreamingBinaryMetrics()
+        self.full = StreamingBinaryMetrics()
+        self.oracle = StreamingBinaryMetrics()
+
+    def merge(self, other: _DayAccumulator) -> None:
+        self.sampled.merge(other.sampled)
+        self.full.merge(other.full)
+        self.oracle.merge(other.oracle)
+
+
+def _probabilities(logits: torch.Tensor, heads: list[str], loss: LossConfig | None) -> torch.Tensor:
+    """``B x H`` probabilities on the sampled scale, in the trained formulation."""
+    if loss is not None and loss.formulation == "esmm":
+        return esmm_probabilities(logits.float(), heads, loss.esmm_click_head)
+    return torch.sigmoid(logits.float())
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: CVRModel,
+    spec: FeatureSpec,
+    days: list[Path],
+    *,
+    ctx: DistContext | None = None,
+    batch_size: int = 2048,
+    loss: LossConfig | None = None,
+    run: str | Path = "",
+) -> EvalReport:
+    """Score ``days`` (day folders) with ``model`` and compute the metrics per day.
+
+    ``loss``: the run's loss config (for the ESMM formulation's probabilities).
+    Collective under ``torchrun``: every rank must call it."""
+    ctx = ctx or init_distributed("cpu")
+    heads = list(model.head_names)
+    rate = spec.sampling.negative_rate
+    was_training = model.training
+    model.eval()
+    acc = _DayAccumulator()
+    for day in days:
+        name = day_name(day)
+        stream = ParquetBatchStream(
+            [day],
+            spec,
+            batch_size=batch_size,
+            shuffle=False,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
+        for batch in make_loader(stream):
+            batch = batch.to(ctx.device)
+            out = model.encode(
+                batch.dense, batch.pretrained, batch.categorical, batch.sequences, ssl=False
+            )
+            p = _probabilities(out.logits, heads, loss).double().cpu().numpy()
+            labels = batch.labels.double().cpu().numpy()
+            mask = batch.label_mask.cpu().numpy()
+            weight = batch.weight.double().cpu().numpy()
+            full_weight = inclusion_weights(batch.inclusion_prob.double().cpu().numpy(), weight)
+            acc.sampled.update_heads(name, heads, p, labels, mask, weight)
+            served = correct_for_negative_sampling(p, rate)
+            acc.full.update_heads(name, heads, served, labels, mask, full_weight)
+            if batch.oracle is not None:
+                oracle = batch.oracle.double().cpu().numpy()
+                has = ~np.isnan(oracle)
+                acc.oracle.update_heads(
+                    name, heads, np.nan_to_num(oracle), labels, mask * has, weight
+                )
+    model.train(was_training)
+    merged = _DayAccumulator()
+    for part in all_gather_objects(ctx, acc):
+        merged.merge(part)
+    return _report(merged, heads, spec, [day_name(d) for d in days], str(run))
+
+
+def _report(
+    acc: _DayAccumulator, heads: list[str], spec: FeatureSpec, days: list[str], run: str
+) -> EvalReport:
+    sampled, full, oracle = acc.sampled.compute(), acc.full.compute(), acc.oracle.compute()
+    per_day: dict[str, dict[str, HeadMetrics]] = {}
+    for day in days:
+        per_day[day] = {}
+        for head in heads:
+            s, f, o = sampled.get((head, day)), full.get((head, day)), oracle.get((head, day))
+            per_day[day][head] = {
+                "roc_auc": s.roc_auc if s else math.nan,
+                "pr_auc": s.pr_auc if s else math.nan,
+                "log_loss": s.log_loss if s else math.nan,
+                "calibration": f.calibration if f else math.nan,
+                "oracle_roc_auc": o.roc_auc if o and o.count else math.nan,
+                "oracle_pr_auc": o.pr_auc if o and o.count else math.nan,
+                "count": s.count if s else 0,
+                "positives": s.positives if s else 0,
+            }
+    return EvalReport(
+        run=run,
+        days=days,
+        heads=heads,
+        served={lb.name: lb.serve for lb in spec.labels},
+        negative_rate=spec.sampling.negative_rate,
+        per_day=per_day,
+        mean=_mean_over_days(per_day, heads),
+        notes={
+            "roc_auc/pr_auc/log_loss": "on the down-sampled evaluation data, sampled-scale p",
+            "calibration": "sum(p)/sum(y), p corrected for negative_rate, rows weighted 1/pi; "
+            "the correction assumes rows are kept for this head's label (not so for a "
+            "click head when conversions decide the sampling)",
+        },
+    )
+
+
+def _mean_over_days(
+    per_day: dict[str, dict[str, HeadMetrics]], heads: list[str]
+) -> dict[str, HeadMetrics]:
+    """Per head: each metric's mean over the days where it is finite; counts summed."""
+    mean: dict[str, HeadMetrics] = {}
+    for head in heads:
+        rows = [metrics[head] for metrics in per_day.values() if head in metrics]
+        mean[head] = {m: _finite_mean([r[m] for r in rows]) for m in METRICS}
+        mean[head]["count"] = sum(r["count"] for r in rows)
+        mean[head]["positives"] = sum(r["positives"] for r in rows)
+    return mean
+
+
+def combine_reports(reports: list[EvalReport], run: str) -> EvalReport:
+    """One report over the days of several (e.g. each incremental day's next-day
+    evaluation, paper 5.2); the days must be distinct."""
+    if not reports:
+        raise ValueError("combine_reports needs at least one report")
+    days = [d for r in reports for d in r.days]
+    if len(set(days)) != len(days):
+        raise ValueError(f"reports share evaluation days: {days}")
+    per_day = {d: m for r in reports for d, m in r.per_day.items()}
+    first = reports[0]
+    return replace(
+        first, run=run, days=days, per_day=per_day, mean=_mean_over_days(per_day, first.heads)
+    )
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def evaluate(
+    run: str | Path,
+    data: str | Path,
+    days: str | list[Path],
+    *,
+    baseline: str | Path | None = None,
+    batch_size: int | None = None,
+    save: bool = True,
+) -> EvalReport:
+    """Evaluate the newest checkpoint of ``run`` (or a checkpoint folder) on ``days`` of
+    ``data``; with ``baseline`` (another run) add its metrics and the relative lift.
+    Writes ``RUN/eval.json`` when ``run`` is a run folder and ``save`` is set."""
+    data = Path(data)
+    day_dirs = resolve_days(data, days)
+    ctx = init_distributed("auto")
+    reports = []
+    for path in [run] if baseline is None else [run, baseline]:
+        trained = load_trained_model(path, ctx.device)
+        spec = _data_spec(data, trained.spec)
+        reports.append(
+            evaluate_model(
+                trained.model,
+                spec,
+                day_dirs,
+                ctx=ctx,
+                batch_size=batch_size or trained.config.train.eval_batch_size,
+                loss=trained.config.loss,
+                run=str(path),
+            )
+        )
+    report = reports[0] if baseline is None else reports[0].with_baseline(reports[1])
+    if save and ctx.is_main and (Path(run) / "run.json").is_file():  # a run folder
+        report.save(Path(run) / "eval.json")
+    return report
+
+
+def _data_spec(data: Path, model_spec: FeatureSpec) -> FeatureSpec:
+    """The data's own spec (its sampling rate, oracle columns), checked against the
+    model's; the model's spec when the data folder has none."""
+    path = data / "spec.yaml"
+    if not path.is_file():
+        return model_spec
+    spec = load_spec(path)
+    if spec.embedding_tables() != model_spec.embedding_tables() or [
+        lb.name for lb in spec.labels
+    ] != [lb.name for lb in model_spec.labels]:
+        raise DhenCvrError(
+            f"{path} does not match the model's spec (different embedding tables or heads)"
+        )
+    return spec

@@ -1,0 +1,90 @@
+"""Experiment configs: sections, presets, --set overrides, clear errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dhen_cvr.config import ExperimentConfig, apply_overrides, load_experiment_config
+from dhen_cvr.errors import DhenCvrError
+from dhen_cvr.train.config import TrainConfig
+from dhen_cvr.train.trainer import learning_rate
+
+CONFIG = {
+    "model": {"dim": 8, "dhen": {"layers": [{"modules": [{"name": "mlp"}]}]}},
+    "loss": {"ssl": {"objective": "nal", "weights": {"org": 0.5}}},
+    "train": {"batch_size": 64, "lr": 0.01},
+}
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    return path
+
+
+def test_load_and_round_trip(config_file: Path) -> None:
+    cfg = load_experiment_config(config_file)
+    assert cfg.train.batch_size == 64 and cfg.train.lr == 0.01
+    assert cfg.loss.ssl.weights == {"org": 0.5}
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_overrides_parse_yaml_values(config_file: Path) -> None:
+    cfg = load_experiment_config(
+        config_file,
+        [
+            "train.lr=3e-4",
+            "train.precision=bf16",
+            "loss.ssl.objective=none",
+            "model.dhen.layers.0.modules=[{name: mlp}, {name: dcn_v2}]",
+        ],
+    )
+    assert math.isclose(cfg.train.lr, 3e-4) and cfg.train.precision == "bf16"
+    assert cfg.loss.ssl.objective == "none"
+    assert [m.name for m in cfg.model.dhen.layers[0].modules] == ["mlp", "dcn_v2"]
+
+
+def test_apply_overrides_copies() -> None:
+    data = {"train": {"lr": 1.0}}
+    out = apply_overrides(data, ["train.epochs=3", "extra.a.b=1"])
+    assert out == {"train": {"lr": 1.0, "epochs": 3}, "extra": {"a": {"b": 1}}}
+    assert data == {"train": {"lr": 1.0}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.lr"], "must look like section.key=value"),
+        (["train.lr=-1"], r"train\.lr: Input should be greater than 0"),
+        (["train.lrr=1"], r"train\.lrr: Extra inputs are not permitted"),
+        (["train.lr.x=1"], r"train\.lr is not a section"),
+        (["optimizer.lr=1"], r"optimizer: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_overrides(config_file: Path, overrides: list[str], message: str) -> None:
+    with pytest.raises(DhenCvrError, match=message):
+        load_experiment_config(config_file, overrides)
+
+
+def test_missing_config_names_search_places(tmp_path: Path) -> None:
+    with pytest.raises(DhenCvrError, match=r"config nope not found .*nope\.yaml"):
+        load_experiment_config("nope")
+
+
+def test_learning_rate_schedule() -> None:
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, decay="cosine", min_lr_ratio=0.1)
+    assert learning_rate(0, 110, cfg) == pytest.approx(0.1)
+    assert learning_rate(9, 110, cfg) == pytest.approx(1.0)
+    assert learning_rate(10, 110, cfg) == pytest.approx(1.0)
+    assert learning_rate(60, 110, cfg) == pytest.approx(0.55)  # half way: mean of 1 and 0.1
+    assert learning_rate(110, 110, cfg) == pytest.approx(0.1)
+    assert learning_rate(500, 110, cfg) == pytest.approx(0.1)
+    linear = cfg.model_copy(update={"decay": "linear"})
+    assert learning_rate(35, 110, linear) == pytest.approx(1.0 - 0.25 * 0.9)
+    flat = cfg.model_copy(update={"decay": "none", "warmup_steps": 0})
+    assert learning_rate(0, 110, flat) == learning_rate(99, 110, flat) == 1.0

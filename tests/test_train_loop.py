@@ -1,0 +1,141 @@
+"""The training loop end to end on a tiny world: logs, checkpoints, evaluation, options."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dhen_cvr.cli import app
+from dhen_cvr.data.reader import num_rows
+from dhen_cvr.days import select_days
+from dhen_cvr.errors import DhenCvrError
+from dhen_cvr.train.checkpoint import load_checkpoint
+from dhen_cvr.train.trainer import learning_rate, train
+from train_world import make_world, tiny_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_world(tmp_path_factory.mktemp("loop") / "world")
+
+
+def test_train_logs_checkpoints_and_evaluates(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = train(
+        tiny_config("train.tensorboard=true"), data, "1", run, eval_days="2", show_progress=False
+    )
+    rows = num_rows(select_days(data, "1"))
+    assert result.progress.step == math.ceil(rows / 64)
+    assert result.progress.examples_seen == rows and result.progress.epoch == 1
+    assert result.checkpoint == run / "checkpoints" / f"step-{result.progress.step:08d}"
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(2, result.progress.step + 1, 2))
+    heads = ["click", "checkout", "add_to_cart", "signup"]
+    for key in [
+        "loss",
+        "loss/supervised",
+        "loss/ssl",
+        "ssl/org",
+        "ssl/ads",
+        "lr",
+        "examples_per_s",
+        *(f"loss/{h}" for h in heads),
+    ]:
+        assert all(math.isfinite(r[key]) for r in records), key
+    # loss = supervised + SSL, where supervised is the sum of the head BCEs (weights 1)
+    r = records[-1]
+    assert r["loss"] == pytest.approx(r["loss/supervised"] + r["loss/ssl"], rel=1e-5)
+    assert r["loss/supervised"] == pytest.approx(sum(r[f"loss/{h}"] for h in heads), rel=1e-5)
+    assert records[-1]["loss/supervised"] < records[0]["loss/supervised"]
+    cfg = tiny_config().train  # a record's lr is that of its window's last step
+    total = result.progress.step
+    assert [r["lr"] for r in records] == [learning_rate(r["step"] - 1, total, cfg) for r in records]
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+
+    report = json.loads((run / "eval.json").read_text())
+    assert report["days"] == [select_days(data, "2")[0].name.split("=")[1]]
+    assert set(report["mean"]) == set(heads) and report["served"]["click"] is False
+    assert result.eval is not None and result.eval.mean["checkout"]["count"] > 0
+
+    # config, spec and fitted statistics travel with the checkpoint
+    ckpt = load_checkpoint(run)
+    assert ckpt.config == tiny_config("train.tensorboard=true").to_dict()
+    assert ckpt.dense_stats["names"] == [f.name for f in ckpt.spec.dense]
+
+
+def test_existing_run_is_refused_and_a_finished_run_resumes_as_is(
+    data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    first = train(tiny_config(), data, "1", run, show_progress=False)
+    with pytest.raises(DhenCvrError, match="exists and is not empty; pass --resume"):
+        train(tiny_config(), data, "1", run, show_progress=False)
+    with pytest.raises(DhenCvrError, match="different config"):
+        train(tiny_config("train.lr=0.1"), None, None, run, resume=True, show_progress=False)
+    with pytest.raises(DhenCvrError, match="other training days"):
+        train(None, None, "1-2", run, resume=True, show_progress=False)
+    again = train(None, None, None, run, resume=True, show_progress=False)
+    assert again.progress == first.progress and again.checkpoint == first.checkpoint
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ("train.precision=bf16",),
+        ("loss.ssl.objective=mlm", "model.sequence.causal=false", "loss.ssl.num_positives=3"),
+        ("loss.formulation=esmm", "loss.ssl.objective=none", "loss.head_weights={click: 2.0}"),
+    ],
+    ids=["bf16", "mlm", "esmm-no-ssl"],
+)
+def test_training_variants(data: Path, tmp_path: Path, settings: tuple[str, ...]) -> None:
+    result = train(
+        tiny_config(*settings), data, "1", tmp_path / "run", eval_days="2", show_progress=False
+    )
+    assert math.isfinite(result.train_loss)
+    assert result.eval is not None
+    assert all(0 <= m["roc_auc"] <= 1 for m in result.eval.mean.values())
+
+
+def test_warm_start_needs_the_same_model(data: Path, tmp_path: Path) -> None:
+    train(tiny_config(), data, "1", tmp_path / "a", show_progress=False)
+    with pytest.raises(DhenCvrError, match="different model config"):
+        train(
+            tiny_config("model.dim=8"),
+            data,
+            "2",
+            tmp_path / "b",
+            init_from=tmp_path / "a",
+            show_progress=False,
+        )
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_train_and_its_errors(data: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = [
+        "train",
+        "--config",
+        "tiny",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "train.batch_size=128",
+        "--set",
+        "train.tensorboard=false",
+        "--quiet",
+    ]
+    bad = runner.invoke(app, [*args, "--train-days", "9"])
+    assert isinstance(bad.exception, DhenCvrError) and "day 9 does not exist" in str(bad.exception)
+    bad = runner.invoke(app, [*args, "--train-days", "1", "--set", "train.nope=1"])
+    assert "train.nope: Extra inputs are not permitted" in str(bad.exception)
+    done = runner.invoke(app, [*args, "--train-days", "1", "--eval-days", "2"])
+    assert done.exit_code == 0, done.output
+    assert "trained 4 steps" in done.output or "trained" in done.output
+    assert "click (not served)" in done.output and "oracle" in done.output

@@ -1,0 +1,80 @@
+"""A tiny synthetic world and fast configs shared by the training/evaluation tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from dhen_cvr.config import ExperimentConfig, load_experiment_config
+from dhen_cvr.data.synth import WorldConfig, synthesize
+from dhen_cvr.data.writer import day_dirs
+
+# ~300 users, 4 days of ~450 rows (after keeping 5% of non-converting impressions).
+TINY_WORLD = WorldConfig(
+    days=4,
+    users=300,
+    impressions_per_day=8000,
+    max_seq_len=16,
+    n_ads=400,
+    n_advertisers=50,
+    n_pins=2000,
+    n_queries=300,
+    history_days=10,
+)
+
+# Small and quick: no TensorBoard, frequent logs, no shuffling unless a test asks.
+FAST = [
+    "train.batch_size=64",
+    "train.tensorboard=false",
+    "train.log_every=2",
+    "train.warmup_steps=2",
+    "model.sequence.max_len_cap=16",
+]
+
+
+def make_world(path: Path, world: WorldConfig = TINY_WORLD) -> Path:
+    synthesize(path, world)
+    return path
+
+
+def tiny_config(*overrides: str) -> ExperimentConfig:
+    return load_experiment_config(
+        Path(__file__).parents[1] / "configs" / "tiny.yaml", [*FAST, *overrides]
+    )
+
+
+def cli_overrides(*overrides: str) -> list[str]:
+    """``--set`` arguments for the same settings as :func:`tiny_config`."""
+    return [arg for o in [*FAST, *overrides] for arg in ("--set", o)]
+
+
+def align_row_groups(src: Path, dst: Path, rows_per_group: int, *, odd_over_days: int = 0) -> Path:
+    """Copy a world with every row group exactly ``rows_per_group`` rows (each day cut
+    to a multiple of it), so K ranks reading every K-th row group see, step by step,
+    exactly the rows one process reads with a K times larger batch. With
+    ``odd_over_days = n`` the first day loses one group if the first n days' total is
+    even (an odd total leaves one rank without a batch at the last step)."""
+    days = day_dirs(src)
+    tables = [pq.read_table(day) for day in days]
+    groups = [len(t) // rows_per_group for t in tables]
+    if odd_over_days and sum(groups[:odd_over_days]) % 2 == 0:
+        groups[0] -= 1
+    dst.mkdir(parents=True)
+    shutil.copy(src / "spec.yaml", dst / "spec.yaml")
+    for day, table, n in zip(days, tables, groups, strict=True):
+        (dst / day.name).mkdir()
+        pq.write_table(
+            table.slice(0, n * rows_per_group),
+            dst / day.name / "part-00000.parquet",
+            row_group_size=rows_per_group,
+        )
+    return dst
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
