@@ -20,6 +20,7 @@ _COMMAND_MODULES = [
     "dhen_cvr.model.commands",
     "dhen_cvr.train.commands",
     "dhen_cvr.eval.commands",
+    "dhen_cvr.study.commands",
 ]
 
 app = typer.Typer(

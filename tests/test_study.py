@@ -1,0 +1,98 @@
+"""Studies: a base config + variants x seeds, each an ordinary run; mean/std summary."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from dhen_cvr.cli import app
+from dhen_cvr.errors import DhenCvrError
+from dhen_cvr.eval.evaluate import EvalReport
+from dhen_cvr.study import load_study, run_study
+from train_world import FAST, make_world
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_world(tmp_path_factory.mktemp("study") / "world")
+
+
+def _study_file(tmp_path: Path, **extra: object) -> Path:
+    study = {
+        "base": str(CONFIGS / "tiny.yaml"),
+        "seeds": [0, 1],
+        "set": {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in FAST)},
+        "variants": {
+            "dhen": {"loss.ssl.objective": "none"},
+            "mlp": {
+                "model.dhen.layers": [{"modules": [{"name": "mlp", "hidden": [16]}]}],
+                "loss.ssl.objective": "none",
+            },
+        },
+        **extra,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_study_runs_every_variant_and_seed_and_summarises(data: Path, tmp_path: Path) -> None:
+    study = load_study(_study_file(tmp_path))
+    result = run_study(study, data, "1", "2", tmp_path / "out", show_progress=False)
+
+    for variant in ("dhen", "mlp"):
+        reports = [
+            EvalReport.load(tmp_path / "out" / variant / f"seed{s}" / "eval.json") for s in (0, 1)
+        ]
+        aucs = [r.mean["checkout"]["roc_auc"] for r in reports]
+        mean, std, n = result.summary[variant]["checkout"]["roc_auc"]
+        assert n == 2
+        assert mean == pytest.approx(statistics.fmean(aucs), abs=1e-12)
+        assert std == pytest.approx(statistics.stdev(aucs), abs=1e-12)
+        # the seed reached the run: two seeds, two different models
+        assert aucs[0] != aucs[1]
+    config = yaml.safe_load((tmp_path / "out" / "mlp" / "seed1" / "config.yaml").read_text())
+    assert config["train"]["seed"] == 1
+    assert [m["name"] for m in config["model"]["dhen"]["layers"][0]["modules"]] == ["mlp"]
+    assert result.oracle["checkout"]["roc_auc"] > 0.5
+    assert "| oracle |" in (tmp_path / "out" / "summary.md").read_text()
+
+    # A second call reuses the finished runs (no retraining: files untouched).
+    stamp = (tmp_path / "out" / "dhen" / "seed0" / "eval.json").stat().st_mtime_ns
+    again = run_study(study, data, "1", "2", tmp_path / "out", show_progress=False)
+    assert (tmp_path / "out" / "dhen" / "seed0" / "eval.json").stat().st_mtime_ns == stamp
+    assert again.summary == result.summary
+
+
+def test_bad_study_files_fail_before_training(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(DhenCvrError, match="variants"):
+        load_study(_study_file(tmp_path, variants={}))
+    bad = load_study(_study_file(tmp_path, variants={"x": {"train.lr": "fast"}}))
+    with pytest.raises(DhenCvrError, match=r"train\.lr"):
+        run_study(bad, data, "1-2", "3", tmp_path / "out", show_progress=False)
+    assert not list((tmp_path / "out").glob("x/*"))
+    with pytest.raises(DhenCvrError, match="unknown variants"):
+        run_study(load_study(_study_file(tmp_path)), data, "1", "2", tmp_path / "o2", only=["nope"])
+
+
+def test_shipped_study_configs_load() -> None:
+    from dhen_cvr.config import load_experiment_config
+
+    study = load_study(CONFIGS / "studies" / "cpu_baselines.yaml")
+    for variant in study.variants:
+        load_experiment_config(study.base, study.overrides(variant, 0))
+
+
+def test_cli_study(data: Path, tmp_path: Path) -> None:
+    path = _study_file(tmp_path, seeds=[0], variants={"dhen": {"loss.ssl.objective": "none"}})
+    args = ["study", "--study", str(path), "--data", str(data), "--train-days", "1"]
+    args += ["--eval-days", "2", "--out", str(tmp_path / "cli"), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "ROC-AUC" in result.output and "| dhen |" in result.output
