@@ -80,3 +80,19 @@ def test_torch_jit_trace_matches_eager() -> None:
     traced = torch.jit.trace(served, served.flat_inputs(batch), check_trace=False)
     other = random_batch(tiny_spec(), batch_size=6, seq_len=9, seed=9, empty_rows=(2,))
     torch.testing.assert_close(traced(*served.flat_inputs(other)), model(other).logits[:, 1:])
+
+
+def test_served_probabilities_undo_negative_down_sampling() -> None:
+    from dhen_cvr.eval.calibration import correct_for_negative_sampling
+
+    model, served = _served()
+    calibrated = ServedCVRModel(model, probabilities=True).eval()
+    batch = random_batch(tiny_spec(), batch_size=5, seq_len=6, seed=3)
+    inputs = served.flat_inputs(batch)
+    rate = tiny_spec().sampling.negative_rate
+    expected = correct_for_negative_sampling(torch.sigmoid(served(*inputs)).double(), rate).float()
+    probs = calibrated(*inputs)
+    torch.testing.assert_close(probs, expected, rtol=1e-5, atol=1e-7)
+    assert (probs > 0).all() and (probs < 1).all()
+    exported = torch.export.export(calibrated, inputs, strict=False)
+    torch.testing.assert_close(exported.module()(*inputs), probs)

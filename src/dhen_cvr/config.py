@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dhen_cvr.errors import DhenCvrError
+from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.model.config import ModelConfig
 from dhen_cvr.train.config import TrainConfig
 from dhen_cvr.train.losses import LossConfig
@@ -54,11 +54,9 @@ class ExperimentConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            lines = [f"invalid config {source}:"]
-            for e in err.errors():
-                where = ".".join(str(k) for k in e["loc"]) or "config"
-                lines.append(f"  {where}: {e['msg']}")
-            raise DhenCvrError("\n".join(lines)) from None
+            raise DhenCvrError(
+                describe_validation_error(f"invalid config {source}:", err)
+            ) from None
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError", "DhenCvrError"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+__all__ = ["DataError", "DhenCvrError", "describe_validation_error"]
+
+
+def describe_validation_error(title: str, err: ValidationError, prefix: str = "") -> str:
+    """``title`` then one ``  key.path: message`` line per pydantic error."""
+    lines = [title]
+    for e in err.errors():
+        where = ".".join(str(k) for k in e["loc"])
+        lines.append(f"  {prefix}{where or '(top level)'}: {e['msg']}")
+    return "\n".join(lines)
 
 
 class DhenCvrError(Exception):

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dhen_cvr.data.spec import FeatureCategory
-from dhen_cvr.errors import DhenCvrError
+from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.model.dhen import DHENConfig
 from dhen_cvr.model.sequence import SequenceConfig
 
@@ -88,8 +88,5 @@ def load_model_config(path: str | Path) -> ModelConfig:
     try:
         return ModelConfig.model_validate(raw)
     except ValidationError as err:
-        lines = [f"invalid model config in {path}:"]
-        for e in err.errors():
-            where = ".".join(str(part) for part in e["loc"]) or "model"
-            lines.append(f"  model.{where}: {e['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+        title = f"invalid model config in {path}:"
+        raise ConfigError(describe_validation_error(title, err, prefix="model.")) from None

@@ -13,6 +13,8 @@ loss (:class:`~dhen_cvr.model.output.SequenceEncoding`), whose targets are embed
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -133,9 +135,11 @@ class CVRModel(nn.Module):
 class ServedCVRModel(nn.Module):
     """The inference path on plain tensors, for ``torch.export`` / ``torch.jit.trace``.
 
-    ``forward(dense, pretrained, categorical, *sequences) -> B x H_served`` logits of the
-    served heads (:attr:`CVRModel.served_head_names` order; sigmoid and the down-sampling
-    correction are the exporter's). Inputs, ``B`` rows:
+    ``forward(dense, pretrained, categorical, *sequences) -> B x H_served``: logits of the
+    served heads (:attr:`CVRModel.served_head_names` order), or with ``probabilities=True``
+    calibrated probabilities ``sigmoid(logit + log r)``, which undoes the training data's
+    negative down-sampling at rate ``r`` (``spec.sampling.negative_rate``; paper 5.1).
+    Inputs, ``B`` rows:
 
     - ``dense``: float ``B x n`` raw values, the columns of ``Batch.dense`` (spec order);
     - ``pretrained``: float ``B x sum(dim)``, the model's pre-trained vectors concatenated
@@ -150,10 +154,12 @@ class ServedCVRModel(nn.Module):
     it is in; call ``.eval()`` first.
     """
 
-    def __init__(self, model: CVRModel) -> None:
+    def __init__(self, model: CVRModel, *, probabilities: bool = False) -> None:
         super().__init__()
         self.model = model
         spec = model.spec
+        self.probabilities = probabilities
+        self.log_negative_rate = math.log(spec.sampling.negative_rate)
         self.pretrained = [(f.name, f.dim) for f in spec.pretrained]
         self.categorical = [f.name for f in spec.categorical]
         self.sequence_fields = [(s.name, [f.name for f in s.fields]) for s in spec.sequences]
@@ -200,4 +206,7 @@ class ServedCVRModel(nn.Module):
                 lengths=lengths,
             )
         logits = self.model.encode(dense, pre, cat, seqs, ssl=False).logits
-        return logits.index_select(1, self.served)
+        served = logits.index_select(1, self.served)
+        if self.probabilities:
+            return torch.sigmoid(served + self.log_negative_rate)
+        return served

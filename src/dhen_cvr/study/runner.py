@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dhen_cvr.config import load_experiment_config
-from dhen_cvr.errors import DhenCvrError
+from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.eval.evaluate import EvalReport
 from dhen_cvr.train.trainer import train
 
@@ -71,10 +71,7 @@ def load_study(path: str | Path) -> StudyConfig:
     except yaml.YAMLError as err:
         raise DhenCvrError(f"study {path} is not valid YAML: {err}") from None
     except ValidationError as err:
-        where = "; ".join(
-            f"{'.'.join(str(k) for k in e['loc']) or 'study'}: {e['msg']}" for e in err.errors()
-        )
-        raise DhenCvrError(f"invalid study {path}: {where}") from None
+        raise DhenCvrError(describe_validation_error(f"invalid study {path}:", err)) from None
     base = Path(study.base)
     if not base.is_absolute() and (path.parent / base).is_file():
         study = study.model_copy(update={"base": str(path.parent / base)})

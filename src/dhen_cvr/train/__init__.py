@@ -1,5 +1,5 @@
 """Training: losses (supervised + self-supervised), the trainer, incremental days, DDP,
-checkpoints. Public surface: :func:`train`, :func:`train_incremental`, :class:`TrainResult`.
+checkpoints. Public surface: :func:`train`, :func:`train_incremental`, :func:`load_trained_model`.
 
 Exports resolve lazily so that ``dhen_cvr.config`` can import the config classes of this
 package without importing the trainer (which imports ``dhen_cvr.config``).
@@ -16,6 +16,7 @@ _EXPORTS = {
     "train_incremental": "dhen_cvr.train.incremental",
     "IncrementalResult": "dhen_cvr.train.incremental",
     "load_checkpoint": "dhen_cvr.train.checkpoint",
+    "load_trained_model": "dhen_cvr.train.checkpoint",
     "LossConfig": "dhen_cvr.train.losses",
     "TrainConfig": "dhen_cvr.train.config",
 }
