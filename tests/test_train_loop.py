@@ -139,3 +139,15 @@ def test_cli_train_and_its_errors(data: Path, tmp_path: Path) -> None:
     assert done.exit_code == 0, done.output
     assert "trained 4 steps" in done.output or "trained" in done.output
     assert "click (not served)" in done.output and "oracle" in done.output
+
+
+def test_threads_setting_limits_torch_threads(data: Path, tmp_path: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train(tiny_config("train.threads=1"), data, "1", tmp_path / "run", show_progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

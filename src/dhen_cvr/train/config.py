@@ -35,6 +35,9 @@ class TrainConfig(BaseModel):
     shuffle_buffer: int = Field(default=20_000, gt=0)
     num_workers: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # CPU threads per process (None: torch's default, one per core). Set it when several
+    # runs share a machine: two processes each using every core can run 10-25x slower.
+    threads: int | None = Field(default=None, gt=0)
     log_every: int = Field(default=20, gt=0)
     checkpoint_every_steps: int = Field(default=0, ge=0)  # 0: only at the end of each epoch
     keep_checkpoints: int = Field(default=2, gt=0)

@@ -562,6 +562,8 @@ def train(
         if init_from is not None:
             start = replace(start, checkpoint=load_checkpoint(init_from))
     config, data_path, days = start.config, start.data, start.days
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
     ctx = init_distributed(config.train.device)
     spec = load_spec(data_path / "spec.yaml")
     if start.checkpoint is not None:
