@@ -50,13 +50,9 @@ class StudyConfig(BaseModel):
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
 
     def overrides(self, variant: str, seed: int, extra: list[str] | None = None) -> list[str]:
-        """``key=value`` strings (values as YAML flow) for one run."""
+        """``key=value`` strings for one run (values as JSON, which is valid YAML)."""
         items = {**self.set, **self.variants[variant]}
-        texts = [
-            f"{k}={yaml.safe_dump(v, default_flow_style=True, width=10**9).strip()}"
-            for k, v in items.items()
-        ]
-        texts = [t.removesuffix("\n...").removesuffix(" ...") for t in texts]
+        texts = [f"{key}={json.dumps(value)}" for key, value in items.items()]
         return [*texts, f"train.seed={seed}", *(extra or [])]
 
 
