@@ -39,11 +39,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 def _score_day(run: Path, day: Path) -> dict[str, np.ndarray]:
     """Independent scoring: the model's plain forward, batch by batch, in float64."""
     trained = load_trained_model(run)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("p", "y", "m", "w", "pi", "oracle")}
+    keys = ("p", "a", "y", "m", "w", "pi", "oracle")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     stream = ParquetBatchStream([day], trained.spec, batch_size=2048, shuffle=False)
     with torch.no_grad():
         for batch in stream:
-            parts["p"].append(torch.sigmoid(trained.model(batch).logits).double().numpy())
+            out = trained.model(batch)
+            assert out.keep_logit is not None  # the world is down-sampled
+            parts["p"].append(torch.sigmoid(out.logits).double().numpy())
+            parts["a"].append(torch.sigmoid(out.keep_logit).double().numpy())
             parts["y"].append(batch.labels.double().numpy())
             parts["m"].append(batch.label_mask.numpy() > 0)
             parts["w"].append(batch.weight.double().numpy())
@@ -73,7 +77,9 @@ def test_metrics_equal_sklearn(world: tuple[Path, Path, Path]) -> None:
             assert got["log_loss"] == pytest.approx(
                 log_loss(y, p, sample_weight=w, labels=[0, 1]), abs=1e-9
             )
-            served = p / (p + (1 - p) / rate)  # undo the negative down-sampling
+            # undo the down-sampling: P(kept | x) = r / (1 - (1 - r) a_s), independently
+            kept = rate / (1 - (1 - rate) * s["a"][rows])
+            served = p * kept
             full = w / s["pi"][rows]  # each kept row stands for 1 / pi rows
             assert got["calibration"] == pytest.approx(
                 np.sum(full * served) / np.sum(full * y), rel=1e-9

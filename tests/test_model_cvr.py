@@ -35,7 +35,8 @@ def test_output_shapes_and_names() -> None:
     assert out.logits.shape == (5, 3)
     assert model.head_names == ["click", "checkout", "add_to_cart"]
     assert model.served_head_names == ["checkout", "add_to_cart"]
-    assert len(model.token_names) == 10 + 2 * len(SEQUENCE_NAMES)
+    per_sequence = len(model.config.sequence.tokens)  # tiny.yaml: last, target_attention, match
+    assert len(model.token_names) == 10 + per_sequence * len(SEQUENCE_NAMES)
     assert model.context.num_tokens == len(model.token_names)
     assert model.token_names[model.context.candidate_index or 0] == "categorical:ad_id"
     assert list(out.sequences) == SEQUENCE_NAMES

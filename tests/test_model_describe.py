@@ -52,7 +52,7 @@ def test_flops_match_a_hand_count() -> None:
     )
     assert desc.flops["sequence encoders"] == seq
     L = 10 + 5  # feature tokens + one token per sequence
-    H, (h1, h2) = 3, cfg.head_hidden
+    H, (h1, h2) = 3 + 1, cfg.head_hidden  # 3 labels + the any-keep-label head
     assert desc.flops["heads"] == 2 * (L * D * H * h1 + H * h1 * h2 + H * h2)
     dense_tokens = 2 * D * (1 + 2 + 1) + 2 * D * (6 + 4)  # dense groups + pretrained
     assert desc.flops["feature tokens"] == dense_tokens  # categoricals are 8 wide: no proj

@@ -83,14 +83,16 @@ def test_torch_jit_trace_matches_eager() -> None:
 
 
 def test_served_probabilities_undo_negative_down_sampling() -> None:
-    from dhen_cvr.eval.calibration import correct_for_negative_sampling
-
     model, served = _served()
     calibrated = ServedCVRModel(model, probabilities=True).eval()
     batch = random_batch(tiny_spec(), batch_size=5, seq_len=6, seed=3)
     inputs = served.flat_inputs(batch)
     rate = tiny_spec().sampling.negative_rate
-    expected = correct_for_negative_sampling(torch.sigmoid(served(*inputs)).double(), rate).float()
+    keep_logit = model(batch).keep_logit
+    assert keep_logit is not None
+    # p_h = p_s,h P(kept | x), P(kept | x) = r / (1 - (1 - r) a_s), in float64
+    kept = rate / (1 - (1 - rate) * torch.sigmoid(keep_logit.double()))
+    expected = (torch.sigmoid(served(*inputs).double()) * kept[:, None]).float()
     probs = calibrated(*inputs)
     torch.testing.assert_close(probs, expected, rtol=1e-5, atol=1e-7)
     assert (probs > 0).all() and (probs < 1).all()

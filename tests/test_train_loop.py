@@ -47,9 +47,10 @@ def test_train_logs_checkpoints_and_evaluates(data: Path, tmp_path: Path) -> Non
         *(f"loss/{h}" for h in heads),
     ]:
         assert all(math.isfinite(r[key]) for r in records), key
-    # loss = supervised + SSL, where supervised is the sum of the head BCEs (weights 1)
+    # loss = supervised + any-keep-label BCE + SSL, supervised = the sum of the head BCEs
     r = records[-1]
-    assert r["loss"] == pytest.approx(r["loss/supervised"] + r["loss/ssl"], rel=1e-5)
+    total = r["loss/supervised"] + r["loss/keep"] + r["loss/ssl"]
+    assert r["loss"] == pytest.approx(total, rel=1e-5)
     assert r["loss/supervised"] == pytest.approx(sum(r[f"loss/{h}"] for h in heads), rel=1e-5)
     assert records[-1]["loss/supervised"] < records[0]["loss/supervised"]
     cfg = tiny_config().train  # a record's lr is that of its window's last step

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.model.config import ModelConfig
@@ -42,6 +42,24 @@ class ExperimentConfig(BaseModel):
     model: ModelConfig
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _ssl_matches_attention(self) -> ExperimentConfig:
+        """Next-action prediction needs causal attention (a bidirectional position t-1
+        sees item t: the loss falls to ~0 and learns nothing); MLM needs bidirectional."""
+        ssl, causal = self.loss.ssl, self.model.sequence.causal
+        if ssl.active and ssl.objective == "nal" and not causal:
+            raise ValueError(
+                "loss.ssl.objective nal needs model.sequence.causal: true (with "
+                "bidirectional attention each position sees the item it must predict); "
+                "use objective mlm for a bidirectional encoder"
+            )
+        if ssl.active and ssl.objective == "mlm" and causal:
+            raise ValueError(
+                "loss.ssl.objective mlm needs model.sequence.causal: false (a bidirectional "
+                "encoder that can fill in masked items)"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -233,8 +233,12 @@ class SamplingSpec(_Strict):
     """Negative down-sampling (paper 5.1: every converting impression kept, the rest kept
     at rate ``negative_rate``).
 
-    ``negative_rate`` r corrects predictions back to the full population:
-    ``p = p_s / (p_s + (1 - p_s) / r)`` (equivalently ``logit - log(1 / r)``).
+    A row is kept for sure when any label of ``keep_labels`` is 1 (default: every served
+    label, i.e. any conversion), else with probability ``r = negative_rate``. For head
+    ``h`` the full-population probability is then ``p_h = r p_s,h / (1 - (1 - r) a_s)``
+    with ``a_s`` the sampled-data probability that any keep label is 1 (the model learns
+    it with an extra "any keep label" head; DESIGN 10). With a single keep label this is
+    the familiar ``p = p_s / (p_s + (1 - p_s) / r)``.
     ``inclusion_column`` optionally names a per-row column with the probability that the
     row was kept (1 for converting rows, r for the rest); evaluation weights rows by its
     inverse so calibration is measured on the full population.
@@ -242,6 +246,7 @@ class SamplingSpec(_Strict):
 
     negative_rate: float = Field(default=1.0, gt=0, le=1)
     inclusion_column: str | None = None
+    keep_labels: list[str] | None = None
 
 
 class FeatureSpec(_Strict):
@@ -276,6 +281,12 @@ class FeatureSpec(_Strict):
                     f"feature {item.name!r} shares table {item.table_name!r} with {prev[0]!r} "
                     f"but maps ids differently ({key} vs {prev[1]})"
                 )
+        unknown = sorted(set(self.sampling.keep_labels or []) - set(self.label_names))
+        if unknown:
+            raise ValueError(
+                f"sampling.keep_labels names {unknown}, which are not labels "
+                f"(labels: {self.label_names})"
+            )
         return self
 
     # ---- views -------------------------------------------------------------------
@@ -298,6 +309,16 @@ class FeatureSpec(_Strict):
     @property
     def label_names(self) -> list[str]:
         return [lb.name for lb in self.labels]
+
+    @property
+    def keep_label_names(self) -> list[str]:
+        """Labels whose positive keeps a row through down-sampling (``sampling.keep_labels``,
+        default: every served label); empty when nothing is down-sampled."""
+        if self.sampling.negative_rate >= 1.0:
+            return []
+        if self.sampling.keep_labels is not None:
+            return list(self.sampling.keep_labels)
+        return [lb.name for lb in self.labels if lb.serve]
 
     def id_features(self) -> list[CategoricalFeature | CategoricalField]:
         """Every id-mapped column: categorical features and every sequence field."""

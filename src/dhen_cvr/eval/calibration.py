@@ -23,6 +23,7 @@ from torch import Tensor
 
 __all__ = [
     "calibration",
+    "correct_for_any_label_sampling",
     "correct_for_negative_sampling",
     "correct_logits_for_negative_sampling",
     "inclusion_weights",
@@ -42,6 +43,24 @@ def correct_for_negative_sampling(p_sampled: ArrayT, negative_rate: float) -> Ar
     float), computed as ``r p_s / (1 - (1 - r) p_s)``, whose denominator is ``>= r > 0``."""
     r = _check_rate(negative_rate)
     return r * p_sampled / (1 - (1 - r) * p_sampled)
+
+
+def correct_for_any_label_sampling(
+    p_sampled: ArrayT, any_sampled: ArrayT, negative_rate: float
+) -> ArrayT:
+    """``p_h = r p_s,h / (1 - (1 - r) a_s)``: the exact map when a row is kept for sure if
+    *any* keep label is 1 and with probability ``r`` otherwise (DESIGN 10).
+
+    ``p_sampled``: ``p_s,h`` on the sampled data (``... x H`` or ``...``); ``any_sampled``:
+    ``a_s``, the sampled-data probability that any keep label is 1 (broadcast against
+    ``p_sampled``, e.g. ``... x 1``). Derivation: ``P(kept | x) = a + r (1 - a)`` and
+    ``a_s = a / P(kept | x)`` give ``P(kept | x) = r / (1 - (1 - r) a_s)``, and a row with
+    ``y_h = 1`` is always kept, so ``p_h = p_s,h P(kept | x)``. With ``a_s = p_s,h`` (one
+    keep label) it is :func:`correct_for_negative_sampling`. The result is in ``[0, 1]``
+    for inputs in ``[0, 1]``, since the denominator is ``>= r``.
+    """
+    r = _check_rate(negative_rate)
+    return r * p_sampled / (1 - (1 - r) * any_sampled)
 
 
 def correct_logits_for_negative_sampling(logits: ArrayT, negative_rate: float) -> ArrayT:

@@ -32,8 +32,12 @@ from dhen_cvr.data.reader import ParquetBatchStream, make_loader
 from dhen_cvr.data.spec import FeatureSpec, load_spec
 from dhen_cvr.days import day_name, resolve_days
 from dhen_cvr.errors import DhenCvrError
-from dhen_cvr.eval.calibration import correct_for_negative_sampling, inclusion_weights
-from dhen_cvr.eval.metrics import StreamingBinaryMetrics, relative_lift
+from dhen_cvr.eval.calibration import (
+    correct_for_any_label_sampling,
+    correct_for_negative_sampling,
+    inclusion_weights,
+)
+from dhen_cvr.eval.metrics import OracleCalibration, StreamingBinaryMetrics, relative_lift
 from dhen_cvr.model.cvr_model import CVRModel
 from dhen_cvr.train.checkpoint import load_trained_model
 from dhen_cvr.train.distributed import DistContext, all_gather_objects, init_distributed
@@ -43,12 +47,23 @@ __all__ = [
     "METRICS",
     "EvalReport",
     "HeadMetrics",
+    "ScoreAccumulator",
     "combine_reports",
     "evaluate",
     "evaluate_model",
 ]
 
-METRICS = ("roc_auc", "pr_auc", "log_loss", "calibration", "oracle_roc_auc", "oracle_pr_auc")
+METRICS = (
+    "roc_auc",
+    "pr_auc",
+    "log_loss",
+    "calibration",
+    "calibration_top10",
+    "calibration_vs_oracle",
+    "calibration_top10_vs_oracle",
+    "oracle_roc_auc",
+    "oracle_pr_auc",
+)
 LIFT_METRICS = ("roc_auc", "pr_auc")
 
 HeadMetrics = dict[str, float]  # metric name -> value (plus "count", "positives")
@@ -125,18 +140,67 @@ def _none_to_nan(obj: Any) -> Any:
     return obj
 
 
-class _DayAccumulator:
-    """The three populations of one evaluation: sampled data, full population, oracle."""
+class ScoreAccumulator:
+    """Scores of any model (DHEN, a GBDT baseline, ...) on evaluation days -> :class:`EvalReport`.
 
-    def __init__(self) -> None:
+    Three populations per ``(head, day)``: the sampled data as logged (ROC-AUC, PR-AUC, log
+    loss on sampled-scale probabilities), the full population (served probabilities, rows
+    weighted ``weight / inclusion_prob``: calibration) and the oracle. Served probabilities
+    use the exact any-keep-label correction when ``any_sampled`` is given
+    (:func:`~dhen_cvr.eval.calibration.correct_for_any_label_sampling`), else the per-head
+    one. For DDP, gather each rank's object and :meth:`merge` them (exact, not averaged).
+    """
+
+    def __init__(self, heads: list[str], spec: FeatureSpec) -> None:
+        self.heads = list(heads)
+        self.spec = spec
         self.sampled = StreamingBinaryMetrics()
         self.full = StreamingBinaryMetrics()
         self.oracle = StreamingBinaryMetrics()
+        self.versus_oracle = OracleCalibration()
 
-    def merge(self, other: _DayAccumulator) -> None:
+    def add(
+        self,
+        day: str,
+        p_sampled: np.ndarray,
+        labels: np.ndarray,
+        label_mask: np.ndarray,
+        weight: np.ndarray,
+        inclusion_prob: np.ndarray,
+        *,
+        any_sampled: np.ndarray | None = None,
+        oracle: np.ndarray | None = None,
+    ) -> None:
+        """One chunk of rows: ``p_sampled``, ``labels``, ``label_mask`` (and ``oracle``,
+        NaN where unknown) are ``B x H``; ``weight``, ``inclusion_prob`` and ``any_sampled``
+        (sampled-data probability that any keep label is 1) are ``B``."""
+        p = np.asarray(p_sampled, dtype=np.float64)
+        heads = self.heads
+        self.sampled.update_heads(day, heads, p, labels, label_mask, weight)
+        rate = self.spec.sampling.negative_rate
+        if any_sampled is None:
+            served = correct_for_negative_sampling(p, rate)
+        else:
+            a = np.asarray(any_sampled, dtype=np.float64)[:, None]
+            served = correct_for_any_label_sampling(p, a, rate)
+        full_weight = inclusion_weights(inclusion_prob, weight)
+        self.full.update_heads(day, heads, served, labels, label_mask, full_weight)
+        if oracle is not None:
+            has = ~np.isnan(oracle)
+            self.oracle.update_heads(
+                day, heads, np.nan_to_num(oracle), labels, label_mask * has, weight
+            )
+            self.versus_oracle.update_heads(day, heads, served, oracle, label_mask, full_weight)
+
+    def merge(self, other: ScoreAccumulator) -> None:
         self.sampled.merge(other.sampled)
         self.full.merge(other.full)
         self.oracle.merge(other.oracle)
+        self.versus_oracle.merge(other.versus_oracle)
+
+    def report(self, days: list[str], run: str) -> EvalReport:
+        """Metrics per day and their mean over ``days``."""
+        return _report(self, self.heads, self.spec, days, run)
 
 
 def _probabilities(logits: torch.Tensor, heads: list[str], loss: LossConfig | None) -> torch.Tensor:
@@ -163,10 +227,9 @@ def evaluate_model(
     Collective under ``torchrun``: every rank must call it."""
     ctx = ctx or init_distributed("cpu")
     heads = list(model.head_names)
-    rate = spec.sampling.negative_rate
     was_training = model.training
     model.eval()
-    acc = _DayAccumulator()
+    acc = ScoreAccumulator(heads, spec)
     for day in days:
         name = day_name(day)
         stream = ParquetBatchStream(
@@ -182,46 +245,49 @@ def evaluate_model(
             out = model.encode(
                 batch.dense, batch.pretrained, batch.categorical, batch.sequences, ssl=False
             )
-            p = _probabilities(out.logits, heads, loss).double().cpu().numpy()
-            labels = batch.labels.double().cpu().numpy()
-            mask = batch.label_mask.cpu().numpy()
-            weight = batch.weight.double().cpu().numpy()
-            full_weight = inclusion_weights(batch.inclusion_prob.double().cpu().numpy(), weight)
-            acc.sampled.update_heads(name, heads, p, labels, mask, weight)
-            served = correct_for_negative_sampling(p, rate)
-            acc.full.update_heads(name, heads, served, labels, mask, full_weight)
-            if batch.oracle is not None:
-                oracle = batch.oracle.double().cpu().numpy()
-                has = ~np.isnan(oracle)
-                acc.oracle.update_heads(
-                    name, heads, np.nan_to_num(oracle), labels, mask * has, weight
-                )
+            keep = out.keep_logit
+            acc.add(
+                name,
+                _probabilities(out.logits, heads, loss).double().cpu().numpy(),
+                batch.labels.double().cpu().numpy(),
+                batch.label_mask.cpu().numpy(),
+                batch.weight.double().cpu().numpy(),
+                batch.inclusion_prob.double().cpu().numpy(),
+                any_sampled=None if keep is None else torch.sigmoid(keep.double()).cpu().numpy(),
+                oracle=None if batch.oracle is None else batch.oracle.double().cpu().numpy(),
+            )
     model.train(was_training)
-    merged = _DayAccumulator()
+    merged = ScoreAccumulator(heads, spec)
     for part in all_gather_objects(ctx, acc):
         merged.merge(part)
-    return _report(merged, heads, spec, [day_name(d) for d in days], str(run))
+    return merged.report([day_name(d) for d in days], str(run))
 
 
 def _report(
-    acc: _DayAccumulator, heads: list[str], spec: FeatureSpec, days: list[str], run: str
+    acc: ScoreAccumulator, heads: list[str], spec: FeatureSpec, days: list[str], run: str
 ) -> EvalReport:
     sampled, full, oracle = acc.sampled.compute(), acc.full.compute(), acc.oracle.compute()
+    versus = acc.versus_oracle.compute()
     per_day: dict[str, dict[str, HeadMetrics]] = {}
     for day in days:
         per_day[day] = {}
         for head in heads:
             s, f, o = sampled.get((head, day)), full.get((head, day)), oracle.get((head, day))
+            vs, vs_top = versus.get((head, day), (math.nan, math.nan))
             per_day[day][head] = {
                 "roc_auc": s.roc_auc if s else math.nan,
                 "pr_auc": s.pr_auc if s else math.nan,
                 "log_loss": s.log_loss if s else math.nan,
                 "calibration": f.calibration if f else math.nan,
+                "calibration_top10": f.calibration_top_decile if f else math.nan,
+                "calibration_vs_oracle": vs,
+                "calibration_top10_vs_oracle": vs_top,
                 "oracle_roc_auc": o.roc_auc if o and o.count else math.nan,
                 "oracle_pr_auc": o.pr_auc if o and o.count else math.nan,
                 "count": s.count if s else 0,
                 "positives": s.positives if s else 0,
             }
+    keep = spec.keep_label_names
     return EvalReport(
         run=run,
         days=days,
@@ -232,9 +298,14 @@ def _report(
         mean=_mean_over_days(per_day, heads),
         notes={
             "roc_auc/pr_auc/log_loss": "on the down-sampled evaluation data, sampled-scale p",
-            "calibration": "sum(p)/sum(y), p corrected for negative_rate, rows weighted 1/pi; "
-            "the correction assumes rows are kept for this head's label (not so for a "
-            "click head when conversions decide the sampling)",
+            "calibration": "sum(p)/sum(y) on the full population (rows weighted 1/pi), p "
+            "corrected for the down-sampling: rows are kept when any of "
+            f"{keep} is 1, else at rate {spec.sampling.negative_rate}; exact for those "
+            "heads, not for the others (e.g. a click head)",
+            "calibration_top10": "the same, over the 10% of the full population with the "
+            "highest predictions (where bids are decided)",
+            "calibration_vs_oracle": "sum(p)/sum(oracle p) on the same rows and weights: the "
+            "bias without the label noise of sum(y) (synthetic data); also for the top 10%",
         },
     )
 

@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 __all__ = [
     "BinaryMetrics",
+    "OracleCalibration",
     "StreamingBinaryMetrics",
     "average_over_days",
     "average_precision",
@@ -87,6 +88,7 @@ class BinaryMetrics:
     calibration: float
     count: int
     positives: int
+    calibration_top_decile: float = math.nan  # exact mode only
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -183,6 +185,7 @@ def average_over_days(results: dict[tuple[str, str], BinaryMetrics]) -> dict[str
             calibration=mean(ms, "calibration"),
             count=sum(m.count for m in ms),
             positives=sum(m.positives for m in ms),
+            calibration_top_decile=mean(ms, "calibration_top_decile"),
         )
     return out
 
@@ -242,11 +245,14 @@ class _Accumulator:
             pos, neg = self.pos_hist[::-1], self.neg_hist[::-1]  # highest scores first
             keep = (pos + neg) > 0
             tps, fps = np.cumsum(pos[keep]), np.cumsum(neg[keep])
+            top = math.nan
         elif self.chunks:
             y, p, w = (np.concatenate(c) for c in zip(*self.chunks, strict=True))
             tps, fps = _threshold_counts(y.astype(np.float64), p, w)
+            top = _top_share_calibration(y.astype(np.float64), p, w, 0.1)
         else:
             tps = fps = np.zeros(0)
+            top = math.nan
         return BinaryMetrics(
             roc_auc=_auc(tps, fps),
             pr_auc=_average_precision(tps, fps),
@@ -254,7 +260,21 @@ class _Accumulator:
             calibration=self.sum_wp / self.sum_wy if self.sum_wy > 0 else math.nan,
             count=self.count,
             positives=self.positives,
+            calibration_top_decile=top,
         )
+
+
+def _top_share_calibration(y: np.ndarray, p: np.ndarray, w: np.ndarray, share: float) -> float:
+    """``Σ w p / Σ w y`` over the highest predictions holding ``share`` of the total weight
+    (the row that crosses the boundary is included); NaN without a positive there."""
+    order = np.argsort(-p, kind="stable")
+    cum = np.cumsum(w[order])
+    if not len(cum) or cum[-1] <= 0:
+        return math.nan
+    n = int(np.searchsorted(cum, share * cum[-1])) + 1
+    top = order[:n]
+    wy = float(np.dot(w[top], y[top]))
+    return float(np.dot(w[top], p[top])) / wy if wy > 0 else math.nan
 
 
 # --------------------------------------------------------------------------- internals
@@ -313,3 +333,42 @@ def _average_precision(tps: np.ndarray, fps: np.ndarray) -> float:
     precision = tps / (tps + fps)
     recall_gain = np.diff(np.r_[0.0, tps / tps[-1]])
     return float(max(0.0, np.dot(recall_gain, precision)))
+
+
+class OracleCalibration:
+    """``Σ w p / Σ w o`` per ``(head, day)``: predictions against the true probabilities
+    ``o`` on the same rows, free of the label noise that ``Σ w p / Σ w y`` carries (a day
+    with 200 positives moves the latter by about +-7% even for the oracle). Also over the
+    model's top decile of predictions (by weight). Rows where ``o`` is NaN are skipped."""
+
+    def __init__(self) -> None:
+        self._chunks: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+
+    def update_heads(
+        self,
+        day: str,
+        head_names: Sequence[str],
+        predictions: np.ndarray,
+        oracle: np.ndarray,
+        label_mask: np.ndarray,
+        weights: np.ndarray,
+    ) -> None:
+        """``B x H`` predictions, oracle and mask; ``B`` weights."""
+        for h, head in enumerate(head_names):
+            rows = (np.asarray(label_mask)[:, h] != 0) & ~np.isnan(oracle[:, h])
+            if rows.any():
+                chunk = (predictions[rows, h], oracle[rows, h], weights[rows])
+                self._chunks.setdefault((head, day), []).append(chunk)
+
+    def merge(self, other: OracleCalibration) -> None:
+        for key, chunks in other._chunks.items():
+            self._chunks.setdefault(key, []).extend(chunks)
+
+    def compute(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """``{(head, day): (overall, top decile)}``."""
+        out: dict[tuple[str, str], tuple[float, float]] = {}
+        for key, chunks in self._chunks.items():
+            p, o, w = (np.concatenate(c) for c in zip(*chunks, strict=True))
+            overall = float(np.dot(w, p) / np.dot(w, o)) if np.dot(w, o) > 0 else math.nan
+            out[key] = (overall, _top_share_calibration(o, p, w, 0.1))
+        return out

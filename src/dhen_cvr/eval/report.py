@@ -1,8 +1,9 @@
 """Tables of an :class:`~dhen_cvr.eval.evaluate.EvalReport`: terminal text and Markdown.
 
 One row per head (a ``serve: false`` head is marked ``(not served)``); columns are the
-model's ROC-AUC and PR-AUC next to the oracle's, log loss, calibration, rows and
-positives, and the relative lift when the report has a baseline.
+model's ROC-AUC and PR-AUC next to the oracle's, log loss, calibration (sum p / sum y,
+overall and in the top decile of predictions; then sum p / sum oracle p, the same without
+label noise), rows and positives, and the relative lift when the report has a baseline.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ _COLUMNS = (
     ("oracle", "oracle_pr_auc", "{:.4f}"),
     ("log loss", "log_loss", "{:.4f}"),
     ("calib.", "calibration", "{:.3f}"),
+    ("top10", "calibration_top10", "{:.3f}"),
+    ("vs oracle", "calibration_vs_oracle", "{:.3f}"),
+    ("top10", "calibration_top10_vs_oracle", "{:.3f}"),
     ("rows", "count", "{:d}"),
     ("pos.", "positives", "{:d}"),
 )

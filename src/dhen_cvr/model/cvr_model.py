@@ -13,13 +13,11 @@ loss (:class:`~dhen_cvr.model.output.SequenceEncoding`), whose targets are embed
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from dhen_cvr.data.batch import Batch, SequenceBatch
-from dhen_cvr.data.spec import FeatureSpec
+from dhen_cvr.data.spec import FeatureCategory, FeatureSpec
 from dhen_cvr.data.stats import MinMaxStats
 from dhen_cvr.model.config import ModelConfig
 from dhen_cvr.model.dhen import DHEN, CrossingContext
@@ -28,7 +26,9 @@ from dhen_cvr.model.output import ModelOutput
 from dhen_cvr.model.sequence import SequenceEncoders
 from dhen_cvr.model.tokens import EmbeddingTables, FeatureTokenizer
 
-__all__ = ["CVRModel", "ServedCVRModel"]
+__all__ = ["KEEP_HEAD", "CVRModel", "ServedCVRModel"]
+
+KEEP_HEAD = "any_keep_label"
 
 
 class CVRModel(nn.Module):
@@ -51,8 +51,14 @@ class CVRModel(nn.Module):
         self.features = FeatureTokenizer(
             self.spec, self.tables, config.dim, dense_input_names=[f.name for f in spec.dense]
         )
+        candidates = [f for f in self.spec.categorical if f.category == FeatureCategory.candidate]
         self.sequences = SequenceEncoders(
-            self.spec.sequences, self.tables, config.sequence, config.dim, config.ssl_dim
+            self.spec.sequences,
+            self.tables,
+            config.sequence,
+            config.dim,
+            config.ssl_dim,
+            candidates,
         )
         self.token_names: list[str] = self.features.token_names + self.sequences.token_names
         if not self.token_names:
@@ -65,8 +71,12 @@ class CVRModel(nn.Module):
             candidate_index=self.features.candidate_token,
         )
         self.backbone = DHEN(config.dhen, self.context)
+        # With down-sampling, one more head learns P_s(any keep label | x), which the exact
+        # correction back to the full population needs (SamplingSpec, DESIGN 10).
+        self.keep_labels = spec.keep_label_names
+        head_names = spec.label_names + ([KEEP_HEAD] if self.keep_labels else [])
         self.heads = MultiTaskHeads(
-            self.context.flat_dim, spec.label_names, config.head_hidden, config.head_dropout
+            self.context.flat_dim, head_names, config.head_hidden, config.head_dropout
         )
         if dense_stats is not None:
             self.set_dense_stats(dense_stats)
@@ -87,6 +97,14 @@ class CVRModel(nn.Module):
         """Items kept per sequence (spec ``max_len`` capped by ``sequence.max_len_cap``);
         a loader that cuts to these saves the model a gather."""
         return dict(self.sequences.max_lens)
+
+    def keep_target(self, labels: Tensor, label_mask: Tensor) -> Tensor | None:
+        """``B`` target of the any-keep-label head: 1 where any keep label is 1 (and
+        defined), from ``B x H`` labels and masks; None when the model has no such head."""
+        if not self.keep_labels:
+            return None
+        index = [self.head_names.index(n) for n in self.keep_labels]
+        return (labels[:, index] * label_mask[:, index]).amax(dim=1)
 
     def set_dense_stats(self, stats: MinMaxStats) -> None:
         """Install fitted min-max statistics (matched by feature name)."""
@@ -114,12 +132,15 @@ class CVRModel(nn.Module):
         feature_tokens = self.features(self.tables, dense, pretrained, categorical)
         query = self.features.candidate_summary(feature_tokens)
         sequence_tokens, encodings = self.sequences(
-            self.tables, sequences, query, mlm_mask, ssl=ssl
+            self.tables, sequences, query, mlm_mask, ssl=ssl, candidates=categorical
         )
         parts = [t for t in (feature_tokens, sequence_tokens) if t is not None and t.shape[1]]
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         y = self.backbone(x)
-        return ModelOutput(logits=self.heads(y.flatten(1)), sequences=encodings)
+        logits = self.heads(y.flatten(1))
+        if not self.keep_labels:
+            return ModelOutput(logits=logits, sequences=encodings)
+        return ModelOutput(logits=logits[:, :-1], sequences=encodings, keep_logit=logits[:, -1])
 
     # ---- TargetEmbedder -------------------------------------------------------------
     def embed_targets(self, sequence: str, ids: Tensor) -> Tensor:
@@ -137,8 +158,10 @@ class ServedCVRModel(nn.Module):
 
     ``forward(dense, pretrained, categorical, *sequences) -> B x H_served``: logits of the
     served heads (:attr:`CVRModel.served_head_names` order), or with ``probabilities=True``
-    calibrated probabilities ``sigmoid(logit + log r)``, which undoes the training data's
-    negative down-sampling at rate ``r`` (``spec.sampling.negative_rate``; paper 5.1).
+    calibrated full-population probabilities ``p_h = r p_s,h / (1 - (1 - r) a_s)``, which
+    undoes the training data's down-sampling (rows kept when any keep label is 1, else at
+    rate ``r = spec.sampling.negative_rate``; paper 5.1, DESIGN 10; ``a_s`` is the model's
+    any-keep-label head).
     Inputs, ``B`` rows:
 
     - ``dense``: float ``B x n`` raw values, the columns of ``Batch.dense`` (spec order);
@@ -159,7 +182,7 @@ class ServedCVRModel(nn.Module):
         self.model = model
         spec = model.spec
         self.probabilities = probabilities
-        self.log_negative_rate = math.log(spec.sampling.negative_rate)
+        self.negative_rate = float(spec.sampling.negative_rate)
         self.pretrained = [(f.name, f.dim) for f in spec.pretrained]
         self.categorical = [f.name for f in spec.categorical]
         self.sequence_fields = [(s.name, [f.name for f in s.fields]) for s in spec.sequences]
@@ -205,8 +228,11 @@ class ServedCVRModel(nn.Module):
                 mask=mask,
                 lengths=lengths,
             )
-        logits = self.model.encode(dense, pre, cat, seqs, ssl=False).logits
-        served = logits.index_select(1, self.served)
-        if self.probabilities:
-            return torch.sigmoid(served + self.log_negative_rate)
-        return served
+        out = self.model.encode(dense, pre, cat, seqs, ssl=False)
+        served = out.logits.index_select(1, self.served)
+        if not self.probabilities:
+            return served
+        r = self.negative_rate
+        p = torch.sigmoid(served)
+        any_keep = p if out.keep_logit is None else torch.sigmoid(out.keep_logit)[:, None]
+        return r * p / (1 - (1 - r) * any_keep)

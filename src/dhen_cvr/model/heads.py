@@ -44,10 +44,19 @@ class MultiTaskHeads(nn.Module):
             self.biases.append(nn.Parameter(_uniform(H, fan_in, fan_out, bias=True)))
         self.out_weight = nn.Parameter(_uniform(H, widths[-1], 1).squeeze(-1))  # H x h_n
         self.out_bias = nn.Parameter(torch.zeros(H))
+        # Fitted intercepts added to the logits (train/recalibrate.py); 0 until fitted.
+        self.register_buffer("offset", torch.zeros(H))
+
+    offset: Tensor
+
+    def shift_offsets(self, delta: Tensor) -> None:
+        """Add ``delta`` (``H``) to the fitted logit offsets."""
+        with torch.no_grad():
+            self.offset.add_(delta.to(self.offset))
 
     def forward(self, z: Tensor) -> Tensor:
         if self.first is None:  # no hidden layers: one logit per head straight from z
-            return F.linear(z, self.out_weight, self.out_bias)
+            return F.linear(z, self.out_weight, self.out_bias + self.offset)
         H = len(self.names)
         a = F.relu(self.first(z)).unflatten(1, (H, -1)).transpose(0, 1)  # H x B x h_1
         a = F.dropout(a, self.dropout, self.training)
@@ -55,7 +64,7 @@ class MultiTaskHeads(nn.Module):
             a = F.relu(torch.baddbmm(bias[:, None, :].to(a.dtype), a, weight.to(a.dtype)))
             a = F.dropout(a, self.dropout, self.training)
         logits = torch.einsum("hbk,hk->bh", a, self.out_weight.to(a.dtype))
-        return logits + self.out_bias.to(logits.dtype)
+        return logits + (self.out_bias + self.offset).to(logits.dtype)
 
 
 def _uniform(H: int, fan_in: int, fan_out: int, *, bias: bool = False) -> Tensor:

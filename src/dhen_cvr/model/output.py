@@ -29,10 +29,13 @@ class SequenceEncoding:
 @dataclass
 class ModelOutput:
     """logits: ``B x H`` (spec label order, before sigmoid, on the *sampled* data's
-    scale); sequences: per sequence name, the encoder pass for the SSL loss."""
+    scale); sequences: per sequence name, the encoder pass for the SSL loss;
+    keep_logit: ``B``, the sampled-scale logit that any of the spec's keep labels is 1
+    (the exact down-sampling correction needs it), None when nothing is down-sampled."""
 
     logits: Tensor
     sequences: dict[str, SequenceEncoding]
+    keep_logit: Tensor | None = None
 
 
 class TargetEmbedder(Protocol):

@@ -28,12 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from dhen_cvr.data.batch import NUM_TIME_FEATURES, SequenceBatch
-from dhen_cvr.data.spec import SequenceFeature
+from dhen_cvr.data.spec import CategoricalFeature, SequenceFeature
+from dhen_cvr.model.matching import CandidateMatchCounts
 from dhen_cvr.model.output import SequenceEncoding
 from dhen_cvr.model.tokens import EmbeddingTables
 
 __all__ = [
     "EncoderLayer",
+    "GatedTargetAttention",
     "SequenceConfig",
     "SequenceEncoders",
     "SequenceTokenKind",
@@ -44,7 +46,7 @@ __all__ = [
     "recent_window",
 ]
 
-SequenceTokenKind = Literal["last", "target_attention", "mean"]
+SequenceTokenKind = Literal["last", "target_attention", "mean", "match"]
 
 
 def _default_tokens() -> list[SequenceTokenKind]:
@@ -65,6 +67,17 @@ class SequenceConfig(BaseModel):
     causal: bool = True  # False: bidirectional attention (required for the MLM loss)
     max_len_cap: int | None = Field(default=None, gt=0)  # keep at most this many newest items
     tokens: list[SequenceTokenKind] = Field(default_factory=_default_tokens, min_length=1)
+    # target attention: "softmax" (a weighted average, as in the paper's DIN module) or
+    # "gated" (multi-head, sigmoid gates and a learned per-head time decay, unnormalised:
+    # it can count how many recent items match the candidate).
+    target_attention: Literal["softmax", "gated"] = "gated"
+    target_heads: int = Field(default=4, gt=0)
+    # "match" token (model/matching.py): half-lives of the decayed counts, and the largest
+    # table (rows incl. padding/OOV) of a field that splits the counts by value.
+    match_half_lives_hours: list[float] = Field(
+        default_factory=lambda: [1.0, 24.0, 72.0, 168.0, 720.0], min_length=1
+    )
+    match_split_max_rows: int = Field(default=8, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> SequenceConfig:
@@ -72,6 +85,12 @@ class SequenceConfig(BaseModel):
             raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
         if len(set(self.tokens)) != len(self.tokens):
             raise ValueError(f"sequence tokens repeat: {self.tokens}")
+        if self.d_model % self.target_heads:
+            raise ValueError(
+                f"d_model {self.d_model} is not divisible by target_heads {self.target_heads}"
+            )
+        if any(h <= 0 for h in self.match_half_lives_hours):
+            raise ValueError(f"match half-lives must be > 0, got {self.match_half_lives_hours}")
         return self
 
     def max_len(self, feature: SequenceFeature) -> int:
@@ -143,9 +162,12 @@ class EncoderLayer(nn.Module):
 
 
 class SequenceTransformer(nn.Module):
-    """Position embedding (from the newest item) + :class:`EncoderLayer` stack + LayerNorm.
+    """Position embedding + :class:`EncoderLayer` stack + LayerNorm.
 
-    ``B x T x d_model -> B x T x d_model``.
+    ``B x T x d_model -> B x T x d_model``. Positions count from the oldest kept item, so
+    under causal attention a position carries nothing about the items after it (counted
+    from the newest, position ``t`` would know how many follow); recency enters through
+    each item's age feature instead.
     """
 
     def __init__(self, config: SequenceConfig, max_len: int) -> None:
@@ -158,10 +180,9 @@ class SequenceTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(d)
 
-    def forward(self, x: Tensor, lengths: Tensor, key_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
         T = x.shape[1]
-        age = lengths[:, None] - 1 - torch.arange(T, device=x.device)  # 0 = newest item
-        x = x + self.position(age.clamp(min=0))
+        x = x + self.position.weight[:T].to(x.dtype)  # 0 = oldest kept item
         for layer in self.layers:
             x = layer(x, key_mask)
         return self.norm(x)
@@ -187,6 +208,38 @@ class TargetAttentionPooling(nn.Module):
         return torch.einsum("bt,btd->bd", weights.to(h.dtype), h)
 
 
+class GatedTargetAttention(nn.Module):
+    """Count-capable target attention (DIN without the softmax, plus recency).
+
+    Per head ``j`` (``d / heads`` wide): ``g_t = sigmoid(q_j^T k_{j,t} / sqrt(d_j) + b_j)
+    * exp(-λ_j age_t)`` and ``out_j = Σ_t g_t v_{j,t}`` over valid ``t``: unnormalised, so
+    three recent matching items weigh three times one, and each head learns its own time
+    decay ``λ_j = softplus(ρ_j)`` per day (initial half-lives spread from 0.5 to 30 days).
+    ``h: B x T x d``, ``valid: B x T``, ``query: B x d_q``, ``age_days: B x T`` -> ``B x d``.
+    """
+
+    def __init__(self, d_model: int, query_dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(query_dim, d_model)
+        self.key = nn.Linear(d_model, d_model)
+        self.gate_bias = nn.Parameter(torch.full((heads,), -2.0))
+        half_lives = torch.logspace(math.log10(0.5), math.log10(30.0), heads)
+        rate = math.log(2.0) / half_lives  # per day; store softplus^-1(rate)
+        self.decay = nn.Parameter(torch.log(torch.expm1(rate)))
+        self.scale = 1.0 / math.sqrt(d_model // heads)
+
+    def forward(self, h: Tensor, valid: Tensor, query: Tensor, age_days: Tensor) -> Tensor:
+        B, T, d = h.shape
+        q = self.query(query).to(h.dtype).view(B, self.heads, -1)  # B x J x d_j
+        k = self.key(h).view(B, T, self.heads, -1)  # B x T x J x d_j
+        scores = torch.einsum("btjd,bjd->btj", k, q).float() * self.scale + self.gate_bias
+        decay = torch.nn.functional.softplus(self.decay) * age_days.float()[..., None]
+        gates = torch.sigmoid(scores) * torch.exp(-decay) * valid[..., None]  # B x T x J
+        v = h.view(B, T, self.heads, -1)
+        return torch.einsum("btj,btjd->bjd", gates.to(h.dtype), v).reshape(B, d)
+
+
 class SequenceTower(nn.Module):
     """One sequence's item projection, pooling, token projection and SSL projections."""
 
@@ -197,6 +250,7 @@ class SequenceTower(nn.Module):
         config: SequenceConfig,
         dim: int,
         ssl_dim: int,
+        candidates: list[CategoricalFeature] | None = None,
     ) -> None:
         super().__init__()
         d = config.d_model
@@ -207,8 +261,24 @@ class SequenceTower(nn.Module):
         self.item_proj = nn.Linear(width, d)
         self.type_embedding = nn.Parameter(torch.randn(d) * 0.02) if config.shared else None
         self.mask_embedding = None if config.causal else nn.Parameter(torch.randn(d) * 0.02)
-        self.pool = (
-            TargetAttentionPooling(d, dim) if "target_attention" in self.token_kinds else None
+        self.pool: TargetAttentionPooling | GatedTargetAttention | None = None
+        if "target_attention" in self.token_kinds:
+            self.pool = (
+                GatedTargetAttention(d, dim, config.target_heads)
+                if config.target_attention == "gated"
+                else TargetAttentionPooling(d, dim)
+            )
+        self.match = (
+            CandidateMatchCounts(
+                feature,
+                candidates or [],
+                tables,
+                config.match_half_lives_hours,
+                config.match_split_max_rows,
+                d,
+            )
+            if "match" in self.token_kinds
+            else None
         )
         self.empty = nn.Parameter(torch.randn(len(self.token_kinds), d) * 0.02)
         self.token_proj = nn.Linear(d, dim)
@@ -232,13 +302,19 @@ class SequenceTower(nn.Module):
             x = torch.where(mlm[..., None], self.mask_embedding.to(x.dtype), x)
         return x
 
-    def tokens(self, h: Tensor, seq: SequenceBatch, query: Tensor) -> Tensor:
-        """Encoder outputs ``B x T x d_model`` -> ``B x k x D`` tokens (empty rows: learned)."""
+    def tokens(
+        self, h: Tensor, seq: SequenceBatch, query: Tensor, candidates: dict[str, Tensor]
+    ) -> Tensor:
+        """Encoder outputs ``B x T x d_model`` -> ``B x k x D`` tokens (empty rows: learned;
+        ``candidates``: the candidate ad's categorical ids, for the ``match`` token)."""
         B, T, _ = h.shape
         empty_row = seq.lengths == 0
         pooled: list[Tensor] = []
         for kind in self.token_kinds:
-            if T == 0:
+            if kind == "match":
+                assert self.match is not None
+                pooled.append(self.match(seq, candidates).to(h.dtype))
+            elif T == 0:
                 pooled.append(h.new_zeros(B, h.shape[-1]))
             elif kind == "last":
                 index = (seq.lengths - 1).clamp(min=0)
@@ -250,7 +326,11 @@ class SequenceTower(nn.Module):
                 assert self.pool is not None
                 first = torch.arange(T, device=h.device)[None] == 0
                 valid = seq.mask | (first & empty_row[:, None])
-                pooled.append(self.pool(h, valid, query))
+                if isinstance(self.pool, GatedTargetAttention):
+                    age_days = torch.expm1(seq.time[..., 1].float()) / 86400.0
+                    pooled.append(self.pool(h, seq.mask, query, age_days))
+                else:
+                    pooled.append(self.pool(h, valid, query))
         stacked = torch.stack(pooled, dim=1)  # B x k x d_model
         stacked = torch.where(empty_row[:, None, None], self.empty.to(stacked.dtype), stacked)
         return self.token_proj(stacked)
@@ -270,13 +350,14 @@ class SequenceEncoders(nn.Module):
         config: SequenceConfig,
         dim: int,
         ssl_dim: int,
+        candidates: list[CategoricalFeature] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.dim = dim
         self.max_lens = {s.name: config.max_len(s) for s in sequences}
         self.towers = nn.ModuleDict(
-            {s.name: SequenceTower(s, tables, config, dim, ssl_dim) for s in sequences}
+            {s.name: SequenceTower(s, tables, config, dim, ssl_dim, candidates) for s in sequences}
         )
         if config.shared and sequences:
             shared = SequenceTransformer(config, max(self.max_lens.values()))
@@ -306,10 +387,12 @@ class SequenceEncoders(nn.Module):
         query: Tensor | None,
         mlm_mask: dict[str, Tensor] | None = None,
         ssl: bool = True,
+        candidates: dict[str, Tensor] | None = None,
     ) -> tuple[Tensor | None, dict[str, SequenceEncoding]]:
         """-> (``B x L_s x D`` tokens or None without sequences, encodings by name).
 
         ``query``: ``B x D`` candidate-ad summary (None: a learned constant query);
+        ``candidates``: categorical ids ``B`` by feature name (the ``match`` token's);
         ``mlm_mask``: per sequence ``B x T`` bool, positions whose item input is masked;
         ``ssl``: False skips the per-position SSL projection (serving; no encodings).
         """
@@ -324,8 +407,8 @@ class SequenceEncoders(nn.Module):
             x = tower.embed_items(tables, seq, mlm)
             if T > 0:
                 key_mask = None if self.config.causal else key_padding_mask(seq.mask)
-                x = self.encoder(name)(x, seq.lengths, key_mask)
-            tokens.append(tower.tokens(x, seq, q))
+                x = self.encoder(name)(x, key_mask)
+            tokens.append(tower.tokens(x, seq, q, candidates or {}))
             if not ssl:
                 continue
             target = tower.feature.target.name

@@ -122,9 +122,13 @@ def save_checkpoint(
         }
         for name, text in texts.items():
             _fsync_write(tmp / name, lambda f, text=text: f.write(text.encode()))
-        if final.exists():  # the same step saved again (e.g. end of a resumed epoch)
-            shutil.rmtree(final)
+        stale = None
+        if final.exists():  # the same step saved again (end of a resumed epoch, recalibration)
+            stale = folder / f".stale-{final.name}-{os.getpid()}"
+            os.rename(final, stale)  # two renames: the old copy exists until the new one does
         os.rename(tmp, final)
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -57,6 +57,11 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="continue OUT from its checkpoint"),
         overrides: list[str] = typer.Option([], "--set", help=_SET_HELP),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+        allow_in_sample_eval: bool = typer.Option(
+            False,
+            "--allow-in-sample-eval",
+            help="allow --eval-days that were trained on (the report says so)",
+        ),
     ) -> None:
         """Train on --train-days, then (optionally) evaluate on --eval-days."""
         from dhen_cvr.eval.report import format_report
@@ -71,6 +76,7 @@ def register(app: typer.Typer) -> None:
             init_from=init_from,
             resume=resume,
             show_progress=not quiet,
+            allow_in_sample_eval=allow_in_sample_eval,
         )
         p = result.progress
         _echo_main(

@@ -43,6 +43,8 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(default=2, gt=0)
     eval_batch_size: int = Field(default=2048, gt=0)
     tensorboard: bool = True
+    # After training, fit each head's intercept on the training days (train/recalibrate.py).
+    recalibrate: bool = True
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> TrainConfig:

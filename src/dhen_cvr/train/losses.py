@@ -39,6 +39,7 @@ __all__ = [
     "SampledNegatives",
     "build_ssl_loss",
     "esmm_probabilities",
+    "keep_bce",
     "sample_negatives",
 ]
 
@@ -71,6 +72,15 @@ def esmm_probabilities(logits: Tensor, head_names: Sequence[str], click_head: st
     probs = torch.sigmoid(logits)
     is_click = torch.arange(len(head_names), device=logits.device) == click
     return torch.where(is_click, probs, probs * probs[:, click : click + 1])
+
+
+def keep_bce(logit: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Sample-weighted mean BCE of the any-keep-label head (``B`` each): it learns
+    ``a_s = P_s(any keep label | x)`` for the exact down-sampling correction (DESIGN 10)."""
+    dtype = torch.promote_types(logit.dtype, torch.float32)
+    w = weight.to(dtype)
+    nll = F.binary_cross_entropy_with_logits(logit.to(dtype), target.to(dtype), reduction="none")
+    return (nll * w).sum() / w.sum().clamp_min(torch.finfo(dtype).tiny)
 
 
 class MultiTaskBCELoss(nn.Module):

@@ -72,7 +72,9 @@ from dhen_cvr.train.losses import (
     MultiTaskBCELoss,
     NextActionLoss,
     build_ssl_loss,
+    keep_bce,
 )
+from dhen_cvr.train.recalibrate import recalibrate_heads
 
 __all__ = [
     "TrainResult",
@@ -164,17 +166,17 @@ class TrainingObjective(nn.Module):
     def forward(
         self, batch: Batch, generator: torch.Generator, head_share: Tensor, row_share: float
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        mlm_mask = (
-            self.ssl.sample_mask(batch, generator) if isinstance(self.ssl, MaskedItemLoss) else None
-        )
-        out = self.model.encode(
-            batch.dense,
-            batch.pretrained,
-            batch.categorical,
-            batch.sequences,
-            mlm_mask,
-            ssl=self.ssl is not None,  # per-position SSL outputs only when they are used
-        )
+        parts = (batch.dense, batch.pretrained, batch.categorical, batch.sequences)
+        if isinstance(self.ssl, MaskedItemLoss):
+            # MLM: the heads train on a clean pass (as they are evaluated and served), the
+            # masked-item loss on a second, masked pass.
+            out = self.model.encode(*parts, ssl=False)
+            masked = self.model.encode(*parts, self.ssl.sample_mask(batch, generator))
+            ssl_encodings = masked.sequences
+        else:
+            # per-position SSL outputs only when they are used
+            out = self.model.encode(*parts, ssl=self.ssl is not None)
+            ssl_encodings = out.sequences
         supervised, per_head = self.supervised(
             out.logits, batch.labels, batch.label_mask, batch.weight
         )
@@ -182,8 +184,14 @@ class TrainingObjective(nn.Module):
         objective = (self.supervised.head_weight * head_losses * head_share).sum()
         terms = {f"loss/{h}": v for h, v in per_head.items()} | {"loss/supervised": supervised}
         loss = supervised
+        keep_target = self.model.keep_target(batch.labels, batch.label_mask)
+        if out.keep_logit is not None and keep_target is not None:
+            keep = keep_bce(out.keep_logit, keep_target, batch.weight)
+            objective = objective + keep * row_share
+            loss = loss + keep
+            terms["loss/keep"] = keep
         if self.ssl is not None:
-            ssl_total, per_seq = self.ssl(out.sequences, self.model, generator)
+            ssl_total, per_seq = self.ssl(ssl_encodings, self.model, generator)
             objective = objective + ssl_total * row_share
             loss = loss + ssl_total
             terms |= {f"ssl/{name}": v for name, v in per_seq.items()} | {"loss/ssl": ssl_total}
@@ -540,6 +548,7 @@ def train(
     init_from: str | Path | None = None,
     resume: bool = False,
     show_progress: bool = True,
+    allow_in_sample_eval: bool = False,
 ) -> TrainResult:
     """Train a model on ``train_days`` of ``data`` into run folder ``out``.
 
@@ -550,6 +559,8 @@ def train(
     ``out`` from its newest checkpoint; ``config``, ``data`` and ``train_days`` are then
     read from the run folder (if given they must match). A ``resume`` of a run folder
     that does not exist yet starts it, so a scheduler can always pass ``resume=True``.
+    ``eval_days`` that overlap the training days are refused (an in-sample AUC is not a
+    next-day AUC) unless ``allow_in_sample_eval``; the report then says so in its notes.
     """
     run = Path(out)
     start = _resume_state(run, config, data, train_days) if resume else None
@@ -562,6 +573,8 @@ def train(
         if init_from is not None:
             start = replace(start, checkpoint=load_checkpoint(init_from))
     config, data_path, days = start.config, start.data, start.days
+    eval_dirs = None if eval_days is None else resolve_days(data_path, eval_days)
+    overlap = check_eval_days(days, eval_dirs or [], allow_in_sample_eval)
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
     ctx = init_distributed(config.train.device)
@@ -586,20 +599,40 @@ def train(
         else:
             trainer.restore(start.checkpoint)
     result = trainer.fit(days, show_progress=show_progress)
-    if eval_days is not None:
+    if config.train.recalibrate:
+        recalibrate_heads(trainer.model, spec, days, ctx, config.train.eval_batch_size)
+        checkpoint = trainer.save()  # the same step again, now with the offsets
+        assert checkpoint is not None
+        result = replace(result, checkpoint=checkpoint)
+    if eval_dirs is not None:
         report = evaluate_model(
             trainer.model,
             spec,
-            resolve_days(data_path, eval_days),
+            eval_dirs,
             ctx=ctx,
             batch_size=config.train.eval_batch_size,
             loss=config.loss,
             run=str(run),
         )
+        if overlap:
+            report.notes["in_sample"] = f"evaluation days {overlap} were also trained on"
         if ctx.is_main:
             report.save(run / "eval.json")
         result = replace(result, eval=report)
     return result
+
+
+def check_eval_days(train_days: list[Path], eval_days: list[Path], allow: bool) -> list[str]:
+    """The evaluation days that were also trained on; refused unless ``allow``."""
+    trained = {p.resolve() for p in train_days}
+    overlap = [day_name(p) for p in eval_days if p.resolve() in trained]
+    if overlap and not allow:
+        raise DhenCvrError(
+            f"evaluation day(s) {overlap} are also training days: that measures in-sample, "
+            "not next-day, performance; choose later --eval-days or pass "
+            "--allow-in-sample-eval"
+        )
+    return overlap
 
 
 @dataclass(frozen=True)

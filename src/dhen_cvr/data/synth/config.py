@@ -200,7 +200,11 @@ def world_spec(config: WorldConfig) -> FeatureSpec:
             "user_id": "user_id",
             "features": features,
             "labels": [{"name": "click", "serve": False}] + [{"name": h} for h in CONVERSION_TYPES],
-            "sampling": {"negative_rate": c.negative_rate, "inclusion_column": "sample_rate"},
+            "sampling": {
+                "negative_rate": c.negative_rate,
+                "inclusion_column": "sample_rate",
+                "keep_labels": list(CONVERSION_TYPES),
+            },
             "oracle_prefix": "oracle_",
         },
         source="world_spec",
