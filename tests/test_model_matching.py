@@ -39,11 +39,12 @@ def _naive(
     for b in range(seq.mask.shape[0]):
         n = int(seq.lengths[b])
         ages = [math.expm1(float(seq.time[b, t, 1])) for t in range(n)]
-        matches = [lambda t: True] + [
-            (lambda t, f=f, c=c: int(seq.ids[f][b, t]) == int(cands[c][b])) for f, c in module.pairs
+        item = [{f: int(v[b, t]) for f, v in seq.ids.items()} for t in range(n)]
+        matches = [[True] * n] + [
+            [item[t][f] == int(cands[c][b]) for t in range(n)] for f, c in module.pairs
         ]
-        splits = [lambda t: True] + [
-            (lambda t, f=f, v=v: int(seq.ids[f][b, t]) == v)
+        splits = [[True] * n] + [
+            [item[t][f] == v for t in range(n)]
             for f, rows_ in module.splits
             for v in range(1, rows_)
         ]
@@ -51,15 +52,11 @@ def _naive(
         for m in matches:
             for s in splits:
                 for h in HALF_LIVES:
-                    total = sum(
-                        0.5 ** (ages[t] / (h * 3600)) for t in range(n) if m(t) and s(t)
-                    )
+                    total = sum(0.5 ** (ages[t] / (h * 3600)) for t in range(n) if m[t] and s[t])
                     feats.append(math.log1p(total) * 0.25)
         for m in matches[1:]:
-            hit = [ages[t] for t in range(n) if m(t)]
-            feats.append(
-                min(math.log1p(min(hit)) / math.log1p(60 * DAY), 1.0) if hit else 1.0
-            )
+            hit = [ages[t] for t in range(n) if m[t]]
+            feats.append(min(math.log1p(min(hit)) / math.log1p(60 * DAY), 1.0) if hit else 1.0)
         rows.append(feats)
     return np.array(rows)
 

@@ -88,3 +88,21 @@ def test_learning_rate_schedule() -> None:
     assert learning_rate(35, 110, linear) == pytest.approx(1.0 - 0.25 * 0.9)
     flat = cfg.model_copy(update={"decay": "none", "warmup_steps": 0})
     assert learning_rate(0, 110, flat) == learning_rate(99, 110, flat) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("objective", "causal", "message"),
+    [
+        ("nal", False, "nal needs model.sequence.causal: true"),
+        ("mlm", True, "mlm needs model.sequence.causal: false"),
+    ],
+)
+def test_ssl_objective_must_match_the_attention(
+    config_file: Path, objective: str, causal: bool, message: str
+) -> None:
+    """NAL with bidirectional attention leaks the item to predict (the loss falls to ~0)."""
+    overrides = [f"loss.ssl.objective={objective}", f"model.sequence.causal={str(causal).lower()}"]
+    with pytest.raises(DhenCvrError, match=message):
+        load_experiment_config(config_file, overrides)
+    # with the SSL term off any attention is fine
+    load_experiment_config(config_file, [*overrides, "loss.ssl.objective=none"])

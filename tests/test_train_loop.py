@@ -152,3 +152,46 @@ def test_threads_setting_limits_torch_threads(data: Path, tmp_path: Path) -> Non
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_evaluation_days_may_not_be_training_days(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(DhenCvrError, match="in-sample"):
+        train(tiny_config(), data, "1-2", tmp_path / "a", eval_days="2", show_progress=False)
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+    result = train(
+        tiny_config(),
+        data,
+        "1-2",
+        tmp_path / "b",
+        eval_days="2",
+        show_progress=False,
+        allow_in_sample_eval=True,
+    )
+    assert result.eval is not None and "in_sample" in result.eval.notes
+
+
+def test_mlm_heads_train_on_the_clean_pass(data: Path) -> None:
+    """With the MLM objective the supervised loss is that of the unmasked inputs."""
+    import torch
+
+    from dhen_cvr.data.reader import ParquetBatchStream
+    from dhen_cvr.data.spec import load_spec
+    from dhen_cvr.model.cvr_model import CVRModel
+    from dhen_cvr.train.losses import MultiTaskBCELoss, build_ssl_loss
+    from dhen_cvr.train.trainer import TrainingObjective
+
+    config = tiny_config(
+        "loss.ssl.objective=mlm", "model.sequence.causal=false", "loss.ssl.mlm_mask_prob=0.5"
+    )
+    spec = load_spec(data / "spec.yaml")
+    torch.manual_seed(0)
+    model = CVRModel(spec, config.model).eval()
+    supervised = MultiTaskBCELoss.from_config(config.loss, spec.label_names)
+    objective = TrainingObjective(model, supervised, build_ssl_loss(config.loss.ssl))
+    batch = next(iter(ParquetBatchStream(select_days(data, "1"), spec, batch_size=64)))
+    heads = len(spec.label_names)
+    _, terms = objective(batch, torch.Generator().manual_seed(0), torch.ones(heads), 1.0)
+    clean = model(batch).logits
+    expected, _ = supervised(clean, batch.labels, batch.label_mask, batch.weight)
+    torch.testing.assert_close(terms["loss/supervised"], expected)
+    assert terms["loss/ssl"] > 0

@@ -36,7 +36,20 @@ from dhen_cvr.train.trainer import train
 
 __all__ = ["StudyConfig", "StudyResult", "load_study", "run_study", "summarize"]
 
-SUMMARY_METRICS = ("roc_auc", "pr_auc")
+SUMMARY_METRICS = (
+    "roc_auc",
+    "pr_auc",
+    "calibration",
+    "calibration_vs_oracle",
+    "calibration_top10_vs_oracle",
+)
+_TITLES = {
+    "roc_auc": "ROC-AUC",
+    "pr_auc": "PR-AUC",
+    "calibration": "Calibration sum(p)/sum(y), full population",
+    "calibration_vs_oracle": "Calibration vs the oracle, sum(p)/sum(oracle p)",
+    "calibration_top10_vs_oracle": "The same in the top decile of predictions",
+}
 
 
 class StudyConfig(BaseModel):
@@ -159,12 +172,17 @@ def summarize(out: str | Path, study: StudyConfig) -> StudyResult:
     heads, served = first.heads, first.served
     summary = {
         variant: {
-            head: {m: _mean_std([r.mean[head][m] for r in runs]) for m in SUMMARY_METRICS}
+            head: {
+                m: _mean_std([r.mean[head].get(m, math.nan) for r in runs]) for m in SUMMARY_METRICS
+            }
             for head in heads
         }
         for variant, runs in reports.items()
     }
-    oracle = {head: {m: first.mean[head][f"oracle_{m}"] for m in SUMMARY_METRICS} for head in heads}
+    oracle = {
+        head: {m: first.mean[head].get(f"oracle_{m}", math.nan) for m in SUMMARY_METRICS}
+        for head in heads
+    }
     markdown = _markdown(summary, oracle, heads, served, first.days)
     (out / "summary.md").write_text(markdown + "\n")
     (out / "summary.json").write_text(
@@ -195,7 +213,7 @@ def _markdown(
 ) -> str:
     lines = []
     for metric in SUMMARY_METRICS:
-        title = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC"}[metric]
+        title = _TITLES[metric]
         names = [h if served.get(h, True) else f"{h} (not served)" for h in heads]
         lines.append(f"{title}, next day ({', '.join(days)}): mean ± std over seeds (n)\n")
         lines.append("| variant | " + " | ".join(names) + " | mean of served |")
@@ -204,9 +222,11 @@ def _markdown(
             cells = [_cell(per_head[h][metric]) for h in heads]
             served_means = [per_head[h][metric][0] for h in heads if served.get(h, True)]
             lines.append(f"| {variant} | " + " | ".join(cells) + f" | {_mean(served_means):.4f} |")
-        oracle_cells = [f"{oracle[h][metric]:.4f}" for h in heads]
-        served_oracle = [oracle[h][metric] for h in heads if served.get(h, True)]
-        lines.append("| oracle | " + " | ".join(oracle_cells) + f" | {_mean(served_oracle):.4f} |")
+        if metric in ("roc_auc", "pr_auc"):
+            oracle_cells = [f"{oracle[h][metric]:.4f}" for h in heads]
+            served_oracle = [oracle[h][metric] for h in heads if served.get(h, True)]
+            mean_oracle = _mean(served_oracle)
+            lines.append("| oracle | " + " | ".join(oracle_cells) + f" | {mean_oracle:.4f} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -110,6 +110,12 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    for previous in folder.glob(".previous-*"):  # a replaced copy (see below)
+        original = folder / previous.name.removeprefix(".previous-").rsplit("-", 1)[0]
+        if original.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+        else:  # killed between the two renames: the old copy is the only one
+            os.rename(previous, original)
     final = folder / f"step-{progress.step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=folder))
     try:
@@ -122,13 +128,13 @@ def save_checkpoint(
         }
         for name, text in texts.items():
             _fsync_write(tmp / name, lambda f, text=text: f.write(text.encode()))
-        stale = None
+        replaced: Path | None = None
         if final.exists():  # the same step saved again (end of a resumed epoch, recalibration)
-            stale = folder / f".stale-{final.name}-{os.getpid()}"
-            os.rename(final, stale)  # two renames: the old copy exists until the new one does
+            replaced = folder / f".previous-{final.name}-{os.getpid()}"
+            os.rename(final, replaced)  # two renames: the old copy exists until the new one does
         os.rename(tmp, final)
-        if stale is not None:
-            shutil.rmtree(stale, ignore_errors=True)
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
