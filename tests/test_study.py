@@ -96,3 +96,18 @@ def test_cli_study(data: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "ROC-AUC" in result.output and "| dhen |" in result.output
+
+
+def test_study_lists_a_gbdt_baseline_beside_the_variants(data: Path, tmp_path: Path) -> None:
+    """A ``baselines:`` entry is trained per seed with the same days and summarised as a row."""
+    pytest.importorskip("lightgbm", reason="the GBDT baseline needs dhen-cvr[baselines]")
+    baselines = {"gbdt": {"gbdt.n_estimators": 30, "gbdt.early_stopping": "none"}}
+    study = load_study(_study_file(tmp_path, baselines=baselines))
+    assert study.names == ["dhen", "mlp", "gbdt"]
+    result = run_study(study, data, "1-2", "3", tmp_path / "out", only=["gbdt"])
+    assert list(result.summary) == ["gbdt"]
+    for seed in (0, 1):
+        report = EvalReport.load(tmp_path / "out" / "gbdt" / f"seed{seed}" / "eval.json")
+        assert report.heads == result.heads and len(report.days) == 1
+    assert result.summary["gbdt"]["checkout"]["roc_auc"][2] == 2  # both seeds
+    assert "| gbdt |" in (tmp_path / "out" / "summary.md").read_text()

@@ -21,6 +21,7 @@ _COMMAND_MODULES = [
     "dhen_cvr.train.commands",
     "dhen_cvr.eval.commands",
     "dhen_cvr.study.commands",
+    "dhen_cvr.baseline.commands",
 ]
 
 app = typer.Typer(

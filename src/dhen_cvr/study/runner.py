@@ -13,8 +13,12 @@ Study file::
       dhen+ssl: {}
       dhen: {loss.ssl.objective: none}
       mlp: {model.dhen.layers: [...], loss.ssl.objective: none}
+    baselines:                      # GBDT yardsticks (dhen_cvr.baseline), same days/seeds
+      gbdt: {}                      # overrides of BaselineConfig, e.g. {gbdt.num_trees: 800}
 
 Overrides are applied in the order base file, ``set``, the variant, then the caller's.
+Baselines take only their own overrides (and ``seed``); they appear in the summary as
+rows beside the variants.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dhen_cvr.baseline import load_baseline_config, train_baseline
 from dhen_cvr.config import load_experiment_config
 from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.eval.evaluate import EvalReport
@@ -61,6 +66,16 @@ class StudyConfig(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     set: dict[str, Any] = Field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
+    baselines: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        """Variants, then baselines (the rows of the summary)."""
+        return [*self.variants, *self.baselines]
+
+    def baseline_overrides(self, name: str, seed: int) -> list[str]:
+        items = {**self.baselines[name], "seed": seed}
+        return [f"{key}={json.dumps(value)}" for key, value in items.items()]
 
     def overrides(self, variant: str, seed: int, extra: list[str] | None = None) -> list[str]:
         """``key=value`` strings for one run (values as JSON, which is valid YAML)."""
@@ -113,11 +128,12 @@ def run_study(
     """Train + evaluate every (variant, seed) not already done, then summarise."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    unknown = sorted(set(only or []) - set(study.variants))
+    unknown = sorted(set(only or []) - set(study.names))
     if unknown:
-        raise DhenCvrError(
-            f"--only names unknown variants {unknown}; known: {list(study.variants)}"
-        )
+        raise DhenCvrError(f"--only names unknown variants {unknown}; known: {study.names}")
+    clash = sorted(set(study.variants) & set(study.baselines))
+    if clash:
+        raise DhenCvrError(f"study names {clash} are both a variant and a baseline")
     (out / "study.json").write_text(
         json.dumps(
             {
@@ -136,10 +152,17 @@ def run_study(
         load_experiment_config(
             study.base, study.overrides(variant, study.seeds[0], extra_overrides)
         )
-    for variant in only or list(study.variants):
+    for name in study.baselines:
+        load_baseline_config(None, study.baseline_overrides(name, study.seeds[0]))
+    for variant in only or study.names:
         for seed in study.seeds:
             run = out / variant / f"seed{seed}"
             if (run / "eval.json").is_file():
+                continue
+            if variant in study.baselines:
+                print(f"[study] {variant} (baseline) seed {seed} -> {run}", flush=True)
+                gbdt = load_baseline_config(None, study.baseline_overrides(variant, seed))
+                train_baseline(data, train_days, eval_days, run, gbdt, overwrite=True)
                 continue
             config = load_experiment_config(
                 study.base, study.overrides(variant, seed, extra_overrides)
@@ -161,7 +184,7 @@ def summarize(out: str | Path, study: StudyConfig) -> StudyResult:
     """Read every finished ``eval.json`` under ``out``; write ``summary.json`` / ``.md``."""
     out = Path(out)
     reports: dict[str, list[EvalReport]] = {}
-    for variant in study.variants:
+    for variant in study.names:
         for seed in study.seeds:
             path = out / variant / f"seed{seed}" / "eval.json"
             if path.is_file():
