@@ -37,13 +37,14 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache .pytest_cache
 
-# Figure 5 / SSL ablation on CPU (configs/studies/cpu_baselines.yaml), 3 seeds each.
-# study-small: the quickstart world (~45 min on 2 cores); study-large: 14 days, 8000 users,
-# four variants, one epoch (~45 min). Finished runs are reused; results in runs/study-*/summary.md.
+# Figure 5 / Figure 6 / SSL / sequence-encoder ablation and the GBDT yardstick on CPU
+# (configs/studies/cpu_baselines.yaml), 3 seeds each. study-small: the quickstart world
+# (~35 min on 2 cores); study-large: 14 days, 8000 users, DHEN+SSL (two epochs: with 12
+# days of data the second epoch pays, +0.002; a third costs 0.008) and the GBDT (~25 min). Finished runs are reused; results in runs/study-*/summary.md.
 study-small: $(STAMP)
 	test -d runs/world-small || $(BIN)/dhen-cvr synth --out runs/world-small --days 6 --users 4000 --impressions-per-day 150000 --max-seq-len 32 --seed 0
 	$(BIN)/dhen-cvr study --study configs/studies/cpu_baselines.yaml --data runs/world-small --train-days 1-5 --eval-days 6 --out runs/study-small --quiet
 
 study-large: $(STAMP)
 	test -d runs/world-large || $(BIN)/dhen-cvr synth --out runs/world-large --days 14 --users 8000 --impressions-per-day 200000 --max-seq-len 32 --seed 1
-	$(BIN)/dhen-cvr study --study configs/studies/cpu_baselines.yaml --data runs/world-large --train-days 1-12 --eval-days 13-14 --out runs/study-large --set train.epochs=1 --only dhen+ssl --only dhen --only transformer --only mlp --quiet
+	$(BIN)/dhen-cvr study --study configs/studies/cpu_baselines.yaml --data runs/world-large --train-days 1-12 --eval-days 13-14 --out runs/study-large --set train.epochs=2 --only dhen+ssl --only gbdt --quiet
