@@ -6,13 +6,14 @@ the same run (bare pyarrow, a plain matmul, one process), since these machines a
 
 from __future__ import annotations
 
-from benchmarks import bench_model, bench_reader, bench_synth, bench_train
+from benchmarks import bench_model, bench_reader, bench_request, bench_synth, bench_train
 
 STEPS = [
     ("generator", bench_synth.main, ["--max-seq-len", "50"]),
     ("reader", bench_reader.main, ["--max-seq-len", "50"]),
     ("model", bench_model.main, []),
     ("training", bench_train.main, []),
+    ("request scoring", bench_request.main, []),
 ]
 
 

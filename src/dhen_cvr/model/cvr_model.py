@@ -22,7 +22,7 @@ from dhen_cvr.data.stats import MinMaxStats
 from dhen_cvr.model.config import ModelConfig
 from dhen_cvr.model.dhen import DHEN, CrossingContext
 from dhen_cvr.model.heads import MultiTaskHeads
-from dhen_cvr.model.output import ModelOutput
+from dhen_cvr.model.output import ModelOutput, SequenceEncoding
 from dhen_cvr.model.sequence import SequenceEncoders
 from dhen_cvr.model.tokens import EmbeddingTables, FeatureTokenizer
 
@@ -134,6 +134,34 @@ class CVRModel(nn.Module):
         sequence_tokens, encodings = self.sequences(
             self.tables, sequences, query, mlm_mask, ssl=ssl, candidates=categorical
         )
+        return self._head(feature_tokens, sequence_tokens, encodings)
+
+    def score_candidates(
+        self,
+        dense: Tensor,
+        pretrained: dict[str, Tensor],
+        categorical: dict[str, Tensor],
+        sequences: dict[str, SequenceBatch],
+    ) -> ModelOutput:
+        """One request: a user's sequences (``1 x T`` each) against ``N`` candidate rows of
+        non-sequence features (``N x ...``: the ad's features and any user or context
+        feature, repeated; they are cheap) -> ``N`` rows of logits, equal to
+        :meth:`encode` on the user's sequences repeated ``N`` times. The sequence
+        encoders, most of the model's cost, run once per request (serving, DESIGN 7)."""
+        feature_tokens = self.features(self.tables, dense, pretrained, categorical)
+        n = feature_tokens.shape[0]
+        query = self.features.candidate_summary(feature_tokens)
+        sequence_tokens = self.sequences.for_candidates(
+            self.tables, sequences, query, categorical, n
+        )
+        return self._head(feature_tokens, sequence_tokens, {})
+
+    def _head(
+        self,
+        feature_tokens: Tensor,
+        sequence_tokens: Tensor | None,
+        encodings: dict[str, SequenceEncoding],
+    ) -> ModelOutput:
         parts = [t for t in (feature_tokens, sequence_tokens) if t is not None and t.shape[1]]
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         y = self.backbone(x)

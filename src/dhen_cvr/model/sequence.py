@@ -401,14 +401,8 @@ class SequenceEncoders(nn.Module):
         for name in self.towers:
             tower = self.tower(name)
             mlm = None if mlm_mask is None else mlm_mask.get(name)
-            seq, mlm = recent_window(sequences[name], self.max_lens[name], mlm)
-            B, T = seq.mask.shape
-            q = query if query is not None else seq.time.new_zeros(B, self.dim)
-            x = tower.embed_items(tables, seq, mlm)
-            if T > 0:
-                key_mask = None if self.config.causal else key_padding_mask(seq.mask)
-                x = self.encoder(name)(x, key_mask)
-            tokens.append(tower.tokens(x, seq, q, candidates or {}))
+            seq, x, mlm = self._encode(name, tables, sequences[name], mlm)
+            tokens.append(tower.tokens(x, seq, self._query(query, seq), candidates or {}))
             if not ssl:
                 continue
             target = tower.feature.target.name
@@ -418,3 +412,55 @@ class SequenceEncoders(nn.Module):
         if not tokens:
             return None, encodings
         return torch.cat(tokens, dim=1), encodings
+
+    def for_candidates(
+        self,
+        tables: EmbeddingTables,
+        sequences: dict[str, SequenceBatch],
+        query: Tensor | None,
+        candidates: dict[str, Tensor],
+        num_candidates: int,
+    ) -> Tensor | None:
+        """One user's sequences (``1 x T`` each) against ``N`` candidates -> ``N x L_s x D``.
+
+        The user side (item embeddings, the Transformer encoders) runs once; only the
+        candidate-dependent pooling (target attention, ``match``) runs per candidate, on
+        the encoder outputs broadcast to ``N`` rows (no copy). Equal to :meth:`forward` on
+        the user's row repeated ``N`` times. ``query``: ``N x D``; ``candidates``: ids ``N``.
+        """
+        tokens: list[Tensor] = []
+        for name in self.towers:
+            seq, x, _ = self._encode(name, tables, sequences[name], None)
+            if seq.mask.shape[0] != 1:
+                raise ValueError(
+                    f"sequence {name!r}: expected one user row, got {seq.mask.shape[0]}"
+                )
+            wide = _broadcast_rows(seq, num_candidates)
+            h = x.expand(num_candidates, -1, -1)
+            tokens.append(self.tower(name).tokens(h, wide, self._query(query, wide), candidates))
+        return torch.cat(tokens, dim=1) if tokens else None
+
+    def _encode(
+        self, name: str, tables: EmbeddingTables, seq: SequenceBatch, mlm: Tensor | None
+    ) -> tuple[SequenceBatch, Tensor, Tensor | None]:
+        """The newest ``max_len`` items, their encoder outputs ``B x T x d_model``, the MLM
+        mask cut the same way."""
+        seq, mlm = recent_window(seq, self.max_lens[name], mlm)
+        x = self.tower(name).embed_items(tables, seq, mlm)
+        if seq.mask.shape[1] > 0:
+            key_mask = None if self.config.causal else key_padding_mask(seq.mask)
+            x = self.encoder(name)(x, key_mask)
+        return seq, x, mlm
+
+    def _query(self, query: Tensor | None, seq: SequenceBatch) -> Tensor:
+        return query if query is not None else seq.time.new_zeros(seq.mask.shape[0], self.dim)
+
+
+def _broadcast_rows(seq: SequenceBatch, n: int) -> SequenceBatch:
+    """A one-row :class:`SequenceBatch` seen as ``n`` identical rows (expanded views)."""
+    return SequenceBatch(
+        ids={k: v.expand(n, -1) for k, v in seq.ids.items()},
+        time=seq.time.expand(n, -1, -1),
+        mask=seq.mask.expand(n, -1),
+        lengths=seq.lengths.expand(n),
+    )
