@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from dhen_cvr.data.decode import parquet_files
 from dhen_cvr.data.reader import ParquetBatchStream, make_loader
 from dhen_cvr.data.spec import FeatureSpec, load_spec
-from dhen_cvr.data.validate import parquet_files
 from dhen_cvr.data.writer import day_dirs
 
 

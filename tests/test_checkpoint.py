@@ -9,7 +9,7 @@ import torch
 
 from dhen_cvr.data.synth.config import WorldConfig, world_spec
 from dhen_cvr.errors import DhenCvrError
-from dhen_cvr.train.checkpoint import (
+from dhen_cvr.runtime.checkpoint import (
     TrainProgress,
     latest_checkpoint,
     load_checkpoint,

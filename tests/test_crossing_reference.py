@@ -18,7 +18,8 @@ from dhen_cvr.model.crossing.din import DINCrossing
 from dhen_cvr.model.crossing.hstu import HSTUCrossing
 from dhen_cvr.model.crossing.masknet import MaskBlock, MaskNetCrossing
 from dhen_cvr.model.crossing.senet import SENetCrossing
-from dhen_cvr.model.crossing.transformer import PreNormEncoderLayer, TransformerCrossing
+from dhen_cvr.model.crossing.transformer import TransformerCrossing
+from dhen_cvr.model.encoder_layer import PreNormEncoderLayer
 
 B, L, D = 3, 4, 5
 N = L * D

@@ -24,8 +24,8 @@ import torch
 from dhen_cvr.data.reader import num_rows
 from dhen_cvr.days import select_days
 from dhen_cvr.eval.evaluate import evaluate
-from dhen_cvr.train.checkpoint import load_checkpoint
-from dhen_cvr.train.trainer import train
+from dhen_cvr.runtime.checkpoint import load_checkpoint
+from dhen_cvr.train import train
 from train_world import align_row_groups, cli_overrides, free_port, make_world, tiny_config
 
 ROWS_PER_GROUP = 40  # the per-rank batch

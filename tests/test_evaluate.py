@@ -15,8 +15,8 @@ from dhen_cvr.cli import app
 from dhen_cvr.data.reader import ParquetBatchStream
 from dhen_cvr.days import day_name, select_days
 from dhen_cvr.eval.evaluate import EvalReport, evaluate
-from dhen_cvr.train.checkpoint import load_trained_model
-from dhen_cvr.train.trainer import train
+from dhen_cvr.runtime.checkpoint import load_trained_model
+from dhen_cvr.train import train
 from train_world import make_world, tiny_config
 
 

@@ -9,16 +9,15 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
 
+from dhen_cvr.config import LossConfig, SSLConfig
 from dhen_cvr.data.batch import Batch, SequenceBatch
 from dhen_cvr.model.output import SequenceEncoding
+from dhen_cvr.model.probabilities import esmm_probabilities
 from dhen_cvr.train.losses import (
-    LossConfig,
     MaskedItemLoss,
     MultiTaskBCELoss,
     NextActionLoss,
-    SSLConfig,
     build_ssl_loss,
-    esmm_probabilities,
     sample_negatives,
 )
 

@@ -19,7 +19,7 @@ from dhen_cvr.data.prepare import (
     prepare_table,
 )
 from dhen_cvr.eval.evaluate import evaluate
-from dhen_cvr.train.trainer import train
+from dhen_cvr.train import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TAOBAO = DATA / "taobao" / "UserBehavior_sample.csv"

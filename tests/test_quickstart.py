@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dhen_cvr.errors import DhenCvrError
-from dhen_cvr.quickstart import MARKER, claim_folder, quickstart
+from dhen_cvr.pipeline.quickstart import MARKER, claim_folder, quickstart
 from train_world import TINY_WORLD, tiny_config
 
 

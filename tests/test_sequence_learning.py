@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dhen_cvr.data.synth import WorldConfig, synthesize
-from dhen_cvr.train.trainer import train
+from dhen_cvr.pipeline import train_and_evaluate
 from train_world import tiny_config
 
 WORLD = WorldConfig(days=5, users=1500, impressions_per_day=40_000, max_seq_len=16, seed=3)
@@ -30,7 +30,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _served_auc(data: Path, out: Path, *overrides: str) -> tuple[float, float]:
     config = tiny_config("train.batch_size=128", "train.threads=2", *overrides)
-    result = train(config, data, "1-3", out, eval_days="4-5", show_progress=False)
+    result = train_and_evaluate(config, data, "1-3", out, eval_days="4-5", show_progress=False)
     assert result.eval is not None
     mean = result.eval.mean
     model = statistics.mean(mean[h]["roc_auc"] for h in SERVED)

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from dhen_cvr.config import ExperimentConfig, apply_overrides, load_experiment_config
+from dhen_cvr.config.train import TrainConfig
 from dhen_cvr.errors import DhenCvrError
-from dhen_cvr.train.config import TrainConfig
-from dhen_cvr.train.trainer import learning_rate
+from dhen_cvr.train.optim import learning_rate
 
 CONFIG = {
     "model": {"dim": 8, "dhen": {"layers": [{"modules": [{"name": "mlp"}]}]}},

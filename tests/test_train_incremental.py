@@ -14,10 +14,10 @@ from dhen_cvr.data.reader import num_rows
 from dhen_cvr.data.spec import load_spec
 from dhen_cvr.data.stats import MinMaxStats
 from dhen_cvr.days import day_name, select_days
-from dhen_cvr.train.checkpoint import load_checkpoint
-from dhen_cvr.train.distributed import init_distributed
-from dhen_cvr.train.incremental import train_incremental
-from dhen_cvr.train.trainer import Trainer, train
+from dhen_cvr.pipeline.incremental import train_incremental
+from dhen_cvr.runtime.checkpoint import load_checkpoint
+from dhen_cvr.runtime.distributed import init_distributed
+from dhen_cvr.train import Trainer, train
 from train_world import make_world, tiny_config
 
 

@@ -13,8 +13,10 @@ from dhen_cvr.cli import app
 from dhen_cvr.data.reader import num_rows
 from dhen_cvr.days import select_days
 from dhen_cvr.errors import DhenCvrError
-from dhen_cvr.train.checkpoint import load_checkpoint
-from dhen_cvr.train.trainer import learning_rate, train
+from dhen_cvr.pipeline import train_and_evaluate
+from dhen_cvr.runtime.checkpoint import load_checkpoint
+from dhen_cvr.train import train
+from dhen_cvr.train.optim import learning_rate
 from train_world import make_world, tiny_config
 
 
@@ -25,7 +27,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_logs_checkpoints_and_evaluates(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = train(
+    result = train_and_evaluate(
         tiny_config("train.tensorboard=true"), data, "1", run, eval_days="2", show_progress=False
     )
     rows = num_rows(select_days(data, "1"))
@@ -94,7 +96,7 @@ def test_existing_run_is_refused_and_a_finished_run_resumes_as_is(
     ids=["bf16", "mlm", "esmm-no-ssl"],
 )
 def test_training_variants(data: Path, tmp_path: Path, settings: tuple[str, ...]) -> None:
-    result = train(
+    result = train_and_evaluate(
         tiny_config(*settings), data, "1", tmp_path / "run", eval_days="2", show_progress=False
     )
     assert math.isfinite(result.train_loss)
@@ -156,9 +158,11 @@ def test_threads_setting_limits_torch_threads(data: Path, tmp_path: Path) -> Non
 
 def test_evaluation_days_may_not_be_training_days(data: Path, tmp_path: Path) -> None:
     with pytest.raises(DhenCvrError, match="in-sample"):
-        train(tiny_config(), data, "1-2", tmp_path / "a", eval_days="2", show_progress=False)
+        train_and_evaluate(
+            tiny_config(), data, "1-2", tmp_path / "a", eval_days="2", show_progress=False
+        )
     assert not (tmp_path / "a").exists()  # refused before anything was written
-    result = train(
+    result = train_and_evaluate(
         tiny_config(),
         data,
         "1-2",

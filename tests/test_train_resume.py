@@ -1,5 +1,5 @@
 """kill -9 during training, then --resume: same steps, bitwise the same weights, and every
-example of the interrupted epoch trained exactly once (recorded with DHEN_CVR_TRACE_ROWS).
+example of the interrupted epoch trained exactly once (recorded by an ``on_batch`` hook).
 
 Every run here uses one CPU thread: multi-threaded CPU kernels may sum floats in a
 different order from run to run, and Adam turns such noise in (near-)zero gradients into
@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dhen_cvr.train.checkpoint import latest_checkpoint, load_checkpoint
-from dhen_cvr.train.trainer import TRACE_ENV, train
-from train_world import cli_overrides, make_world, tiny_config
+from dhen_cvr.runtime.checkpoint import latest_checkpoint, load_checkpoint
+from dhen_cvr.train import train
+from train_world import RowRecorder, make_world, tiny_config
 
 # Two shuffled epochs with SSL on (its negatives draw from a generator that must resume
 # too), a checkpoint every 3 steps.
@@ -57,32 +57,24 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_kill_and_resume_trains_every_row_once(
-    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(TRACE_ENV, str(tmp_path / "uninterrupted.jsonl"))
-    reference = train(tiny_config(*SETTINGS), data, "1-2", tmp_path / "ref", show_progress=False)
+def test_kill_and_resume_trains_every_row_once(data: Path, tmp_path: Path) -> None:
+    reference = train(
+        tiny_config(*SETTINGS),
+        data,
+        "1-2",
+        tmp_path / "ref",
+        show_progress=False,
+        on_batch=RowRecorder(tmp_path / "uninterrupted.jsonl"),
+        extra_columns=RowRecorder.COLUMNS,
+    )
     steps_per_epoch = reference.progress.step // 2
 
     # The same run in a subprocess, killed with SIGKILL once a mid-epoch-2 checkpoint exists.
     killed = tmp_path / "killed"
-    env = {**os.environ, TRACE_ENV: str(tmp_path / "killed.jsonl"), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "dhen_cvr.cli",
-        "train",
-        "--config",
-        "tiny",
-        "--data",
-        str(data),
-        "--train-days",
-        "1-2",
-        "--out",
-        str(killed),
-        "--quiet",
-        *cli_overrides(*SETTINGS),
-    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = Path(__file__).with_name("train_world.py")
+    trace = tmp_path / "killed.jsonl"
+    command = [sys.executable, str(script), str(data), str(killed), str(trace), *SETTINGS]
     proc = subprocess.Popen(
         command,
         env=env,
@@ -102,8 +94,16 @@ def test_kill_and_resume_trains_every_row_once(
     at_kill = load_checkpoint(killed).progress
     assert at_kill.epoch == 1 and 0 < at_kill.batches_in_epoch < steps_per_epoch
 
-    monkeypatch.setenv(TRACE_ENV, str(tmp_path / "resumed.jsonl"))
-    resumed = train(None, None, None, killed, resume=True, show_progress=False)
+    resumed = train(
+        None,
+        None,
+        None,
+        killed,
+        resume=True,
+        show_progress=False,
+        on_batch=RowRecorder(tmp_path / "resumed.jsonl"),
+        extra_columns=RowRecorder.COLUMNS,
+    )
 
     assert resumed.progress == reference.progress
     ref_state = load_checkpoint(reference.checkpoint).model_state

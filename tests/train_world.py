@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import torch
 
 from dhen_cvr.config import ExperimentConfig, load_experiment_config
+from dhen_cvr.data.batch import Batch
 from dhen_cvr.data.synth import WorldConfig, synthesize
 from dhen_cvr.data.writer import day_dirs
 
@@ -78,3 +82,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class RowRecorder:
+    """An ``on_batch`` hook for :func:`dhen_cvr.train.train`: appends
+    ``{"epoch", "step", "rows": [[user_id, ts], ...]}`` per trained batch to a
+    JSON-lines file (pass ``extra_columns=RowRecorder.COLUMNS``)."""
+
+    COLUMNS = ("user_id", "ts")  # the synthetic world's user id and request time
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, epoch: int, step: int, batch: Batch) -> None:
+        ids = torch.stack([batch.extras[c].long() for c in self.COLUMNS], dim=1)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"epoch": epoch, "step": step, "rows": ids.tolist()}) + "\n")
+
+
+if __name__ == "__main__":  # the resume test's subprocess: DATA OUT TRACE SETTING...
+    from dhen_cvr.train import train
+
+    data_arg, out_arg, trace_arg, *settings = sys.argv[1:]
+    train(
+        tiny_config(*settings),
+        data_arg,
+        "1-2",
+        out_arg,
+        show_progress=False,
+        on_batch=RowRecorder(Path(trace_arg)),
+        extra_columns=RowRecorder.COLUMNS,
+    )

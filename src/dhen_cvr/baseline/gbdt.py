@@ -33,9 +33,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dhen_cvr.baseline.aggregates import FeatureBuilder, FeatureConfig
+from dhen_cvr.data.decode import parquet_files
 from dhen_cvr.data.reader import ParquetBatchStream, make_loader
 from dhen_cvr.data.spec import FeatureSpec, load_spec
-from dhen_cvr.data.validate import parquet_files
 from dhen_cvr.days import day_name, resolve_days
 from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.eval import EvalReport, ScoreAccumulator

@@ -4,16 +4,66 @@ Shapes: ``B`` examples, ``T`` = a sequence's padded length (<= its ``max_len``),
 ``H`` heads in spec label order. Sequences are *right-padded*, oldest item first, so the
 newest item of row ``b`` sits at ``lengths[b] - 1`` and a causal encoder never attends
 to padding from a valid position.
+
+The fields are declared once, on the dataclasses; every per-field operation (device
+moves, pinning, row selection, and the reader's concatenation and collation of decoded
+blocks) goes through :func:`combine_fields`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["NUM_TIME_FEATURES", "Batch", "SequenceBatch"]
+__all__ = ["NUM_TIME_FEATURES", "Batch", "SequenceBatch", "combine_fields", "map_fields"]
+
+_T = TypeVar("_T")
+_Out = TypeVar("_Out")
+
+SEQUENCES = "sequences"  # the field of nested per-sequence containers
+
+
+def combine_fields(
+    items: Sequence[Any],
+    leaf: Callable[[list[Any]], Any],
+    sequence: Callable[[list[Any]], Any] | None = None,
+    *,
+    out: Callable[..., _Out],
+) -> _Out:
+    """Build ``out(**fields)`` from containers of the same dataclass type (a
+    :class:`Batch`, a decoded row block, a :class:`SequenceBatch`): each array field,
+    and each value of a dict field, is ``leaf([that value of every item])``; the
+    ``sequences`` dict's values are ``sequence([...])``; a field that is None in the
+    first item stays None."""
+    first = items[0]
+    values: dict[str, Any] = {}
+    for f in fields(first):
+        value = getattr(first, f.name)
+        if value is None:
+            values[f.name] = None
+        elif f.name == SEQUENCES:
+            assert sequence is not None, "a container with sequences needs ``sequence``"
+            values[f.name] = {k: sequence([getattr(i, f.name)[k] for i in items]) for k in value}
+        elif isinstance(value, dict):
+            values[f.name] = {k: leaf([getattr(i, f.name)[k] for i in items]) for k in value}
+        else:
+            values[f.name] = leaf([getattr(i, f.name) for i in items])
+    return out(**values)
+
+
+def map_fields(item: _T, fn: Callable[[Any], Any]) -> _T:
+    """A copy of ``item`` (a :class:`Batch` or :class:`SequenceBatch`) with ``fn``
+    applied to every tensor, nested sequences included."""
+
+    def nested(seqs: list[Any]) -> Any:
+        return map_fields(seqs[0], fn)
+
+    return combine_fields([item], lambda v: fn(v[0]), nested, out=type(item))
+
 
 # Per item: log(t[i] - t[i-1] + 1) (paper 3.1; 0 for the first item) and
 # log(request_time - t[i] + 1) (age of the item at the impression; its newest value is
@@ -37,20 +87,10 @@ class SequenceBatch:
     lengths: Tensor
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SequenceBatch:
-        return SequenceBatch(
-            ids={k: v.to(device, non_blocking=non_blocking) for k, v in self.ids.items()},
-            time=self.time.to(device, non_blocking=non_blocking),
-            mask=self.mask.to(device, non_blocking=non_blocking),
-            lengths=self.lengths.to(device, non_blocking=non_blocking),
-        )
+        return map_fields(self, lambda v: v.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> SequenceBatch:
-        return SequenceBatch(
-            ids={k: v.pin_memory() for k, v in self.ids.items()},
-            time=self.time.pin_memory(),
-            mask=self.mask.pin_memory(),
-            lengths=self.lengths.pin_memory(),
-        )
+        return map_fields(self, lambda v: v.pin_memory())
 
 
 @dataclass
@@ -86,65 +126,12 @@ class Batch:
         return int(self.labels.shape[0])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        def mv(t: Tensor) -> Tensor:
-            return t.to(device, non_blocking=non_blocking)
-
-        return Batch(
-            dense=mv(self.dense),
-            pretrained={k: mv(v) for k, v in self.pretrained.items()},
-            categorical={k: mv(v) for k, v in self.categorical.items()},
-            sequences={k: v.to(device, non_blocking) for k, v in self.sequences.items()},
-            labels=mv(self.labels),
-            label_mask=mv(self.label_mask),
-            inclusion_prob=mv(self.inclusion_prob),
-            weight=mv(self.weight),
-            oracle=None if self.oracle is None else mv(self.oracle),
-            extras={k: mv(v) for k, v in self.extras.items()},
-        )
+        return map_fields(self, lambda v: v.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Batch:
         """Called by ``DataLoader(pin_memory=True)``."""
-        return Batch(
-            dense=self.dense.pin_memory(),
-            pretrained={k: v.pin_memory() for k, v in self.pretrained.items()},
-            categorical={k: v.pin_memory() for k, v in self.categorical.items()},
-            sequences={k: v.pin_memory() for k, v in self.sequences.items()},
-            labels=self.labels.pin_memory(),
-            label_mask=self.label_mask.pin_memory(),
-            inclusion_prob=self.inclusion_prob.pin_memory(),
-            weight=self.weight.pin_memory(),
-            oracle=None if self.oracle is None else self.oracle.pin_memory(),
-            extras={k: v.pin_memory() for k, v in self.extras.items()},
-        )
+        return map_fields(self, lambda v: v.pin_memory())
 
     def select(self, index: Tensor) -> Batch:
         """Rows ``index`` of every tensor (used for tests and for splitting batches)."""
-
-        def seq(s: SequenceBatch) -> SequenceBatch:
-            return SequenceBatch(
-                ids={k: v[index] for k, v in s.ids.items()},
-                time=s.time[index],
-                mask=s.mask[index],
-                lengths=s.lengths[index],
-            )
-
-        return replace(
-            self,
-            dense=self.dense[index],
-            pretrained={k: v[index] for k, v in self.pretrained.items()},
-            categorical={k: v[index] for k, v in self.categorical.items()},
-            sequences={k: seq(v) for k, v in self.sequences.items()},
-            labels=self.labels[index],
-            label_mask=self.label_mask[index],
-            inclusion_prob=self.inclusion_prob[index],
-            weight=self.weight[index],
-            oracle=None if self.oracle is None else self.oracle[index],
-            extras={k: v[index] for k, v in self.extras.items()},
-        )
-
-
-# A compile-time guard that the fields above stay in sync with ``to``/``pin_memory``.
-assert {f.name for f in fields(Batch)} == {
-    "dense", "pretrained", "categorical", "sequences", "labels", "label_mask",
-    "inclusion_prob", "weight", "oracle", "extras",
-}  # fmt: skip
+        return map_fields(self, lambda v: v[index])

@@ -43,7 +43,7 @@ How an epoch is read
   ``num_workers`` (the same before and after the resume).
 
 Collation (no per-row Python): ids are mapped and time features computed once per row
-group on the flat Arrow buffers (:mod:`dhen_cvr.data.validate`), on a background thread
+group on the flat Arrow buffers (:mod:`dhen_cvr.data.decode`), on a background thread
 one row group ahead; a batch is then a few numpy gathers. ``T`` is the batch's longest
 sequence (at least 1, at most ``max_len``). Time features of an item are
 ``[log(t[i] - t[i-1] + 1), log(request_time - t[i] + 1)]`` where ``t[i-1]`` is the
@@ -53,7 +53,7 @@ sequence's very first item), so an item's features do not depend on ``max_len``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,9 +64,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dhen_cvr.data.batch import Batch, SequenceBatch
-from dhen_cvr.data.spec import FeatureSpec
-from dhen_cvr.data.validate import (
+from dhen_cvr.data.batch import Batch, SequenceBatch, combine_fields
+from dhen_cvr.data.decode import (
     Location,
     RowBlock,
     SequenceColumns,
@@ -77,6 +76,7 @@ from dhen_cvr.data.validate import (
     ragged_arange,
     read_row_group,
 )
+from dhen_cvr.data.spec import FeatureSpec
 from dhen_cvr.errors import DataError
 
 __all__ = [
@@ -138,40 +138,14 @@ def _take_sequence(seq: SequenceColumns, rows: np.ndarray) -> SequenceColumns:
 def _concat(blocks: list[RowBlock]) -> RowBlock:
     if len(blocks) == 1:
         return blocks[0]
-    b0 = blocks[0]
-
-    def cat(get: str, key: str | None = None) -> np.ndarray:
-        if key is None:
-            return np.concatenate([getattr(b, get) for b in blocks])
-        return np.concatenate([getattr(b, get)[key] for b in blocks])
-
-    return RowBlock(
-        dense=cat("dense"),
-        pretrained={k: cat("pretrained", k) for k in b0.pretrained},
-        categorical={k: cat("categorical", k) for k in b0.categorical},
-        sequences={k: _concat_sequences([b.sequences[k] for b in blocks]) for k in b0.sequences},
-        labels=cat("labels"),
-        label_mask=cat("label_mask"),
-        inclusion_prob=cat("inclusion_prob"),
-        weight=cat("weight"),
-        oracle=None if b0.oracle is None else cat("oracle"),
-        extras={k: cat("extras", k) for k in b0.extras},
-    )
+    return combine_fields(blocks, np.concatenate, _concat_sequences, out=RowBlock)
 
 
 def _take(block: RowBlock, rows: np.ndarray) -> RowBlock:
-    return RowBlock(
-        dense=block.dense[rows],
-        pretrained={k: v[rows] for k, v in block.pretrained.items()},
-        categorical={k: v[rows] for k, v in block.categorical.items()},
-        sequences={k: _take_sequence(v, rows) for k, v in block.sequences.items()},
-        labels=block.labels[rows],
-        label_mask=block.label_mask[rows],
-        inclusion_prob=block.inclusion_prob[rows],
-        weight=block.weight[rows],
-        oracle=None if block.oracle is None else block.oracle[rows],
-        extras={k: v[rows] for k, v in block.extras.items()},
-    )
+    def take_sequence(seqs: list[SequenceColumns]) -> SequenceColumns:
+        return _take_sequence(seqs[0], rows)
+
+    return combine_fields([block], lambda v: v[0][rows], take_sequence, out=RowBlock)
 
 
 _Piece = tuple[RowBlock, np.ndarray]  # a decoded block and some of its row indices
@@ -207,35 +181,17 @@ def _pad_sequence(parts: list[tuple[SequenceColumns, np.ndarray]]) -> SequenceBa
     )
 
 
-def _oracle(block: RowBlock) -> np.ndarray:
-    assert block.oracle is not None
-    return block.oracle
-
-
 def _collate(pieces: list[_Piece]) -> Batch:
     """A :class:`Batch` of the pieces' rows, piece after piece."""
-    b0 = pieces[0][0]
+    blocks, rows = [blk for blk, _ in pieces], [r for _, r in pieces]
 
-    def rows(get: Callable[[RowBlock], np.ndarray]) -> torch.Tensor:
-        return _rows([get(blk)[r] for blk, r in pieces])
+    def gather(values: list[np.ndarray]) -> torch.Tensor:
+        return _rows([v[r] for v, r in zip(values, rows, strict=True)])
 
-    def keyed(get: Callable[[RowBlock], dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-        return {k: _rows([get(blk)[k][r] for blk, r in pieces]) for k in get(b0)}
+    def pad(seqs: list[SequenceColumns]) -> SequenceBatch:
+        return _pad_sequence(list(zip(seqs, rows, strict=True)))
 
-    return Batch(
-        dense=rows(lambda b: b.dense),
-        pretrained=keyed(lambda b: b.pretrained),
-        categorical=keyed(lambda b: b.categorical),
-        sequences={
-            k: _pad_sequence([(blk.sequences[k], r) for blk, r in pieces]) for k in b0.sequences
-        },
-        labels=rows(lambda b: b.labels),
-        label_mask=rows(lambda b: b.label_mask),
-        inclusion_prob=rows(lambda b: b.inclusion_prob),
-        weight=rows(lambda b: b.weight),
-        oracle=None if b0.oracle is None else rows(_oracle),
-        extras=keyed(lambda b: b.extras),
-    )
+    return combine_fields(blocks, gather, pad, out=Batch)
 
 
 def collate_rows(block: RowBlock, rows: np.ndarray | None = None) -> Batch:

@@ -18,14 +18,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dhen_cvr.data.spec import FeatureSpec
-from dhen_cvr.data.validate import (
+from dhen_cvr.data.decode import (
     Location,
     decode_dense,
     open_parquet,
     parquet_files,
     read_row_group,
 )
+from dhen_cvr.data.spec import FeatureSpec
 from dhen_cvr.errors import DataError, DhenCvrError
 
 __all__ = ["MinMaxStats", "fit_minmax_stats", "transform_dense"]

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dhen_cvr.config.loss import LossConfig
 from dhen_cvr.data.reader import ParquetBatchStream, make_loader
 from dhen_cvr.data.spec import FeatureSpec, load_spec
 from dhen_cvr.days import day_name, resolve_days
@@ -39,9 +40,9 @@ from dhen_cvr.eval.calibration import (
 )
 from dhen_cvr.eval.metrics import OracleCalibration, StreamingBinaryMetrics, relative_lift
 from dhen_cvr.model.cvr_model import CVRModel
-from dhen_cvr.train.checkpoint import load_trained_model
-from dhen_cvr.train.distributed import DistContext, all_gather_objects, init_distributed
-from dhen_cvr.train.losses import LossConfig, esmm_probabilities
+from dhen_cvr.model.probabilities import esmm_probabilities
+from dhen_cvr.runtime.checkpoint import load_trained_model
+from dhen_cvr.runtime.distributed import DistContext, all_gather_objects, init_distributed
 
 __all__ = [
     "METRICS",

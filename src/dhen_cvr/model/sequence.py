@@ -7,7 +7,7 @@ Per sequence ``S`` (right-padded, oldest item first, ``B x T``):
    MLM-masked items are replaced by a learned ``[MASK]`` vector);
 2. + a learned position embedding counted from the newest item (position 0 = newest),
    so recency lines up across rows of different lengths;
-3. a pre-norm Transformer encoder (:class:`EncoderLayer`, ``F.scaled_dot_product_attention``),
+3. a pre-norm Transformer encoder (:class:`~dhen_cvr.model.encoder_layer.PreNormEncoderLayer`, GELU),
    causal by default so the same pass serves next-action prediction (paper 3.2);
 4. tokens for the backbone, each ``Linear(d_model -> D)``: ``last`` (the output at the
    newest item), ``target_attention`` (softmax attention pooling against the candidate ad,
@@ -23,18 +23,17 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from dhen_cvr.data.batch import NUM_TIME_FEATURES, SequenceBatch
 from dhen_cvr.data.spec import CategoricalFeature, SequenceFeature
+from dhen_cvr.model.encoder_layer import PreNormEncoderLayer
 from dhen_cvr.model.matching import CandidateMatchCounts
 from dhen_cvr.model.output import SequenceEncoding
 from dhen_cvr.model.tokens import EmbeddingTables
 
 __all__ = [
-    "EncoderLayer",
     "GatedTargetAttention",
     "SequenceConfig",
     "SequenceEncoders",
@@ -131,38 +130,9 @@ def key_padding_mask(mask: Tensor) -> Tensor:
     return usable[:, None, None, :]
 
 
-class EncoderLayer(nn.Module):
-    """Pre-norm Transformer layer: ``x += Drop(MHA(LN(x))); x += Drop(FFN(LN(x)))``.
-
-    ``B x T x d -> B x T x d``. Causal attention uses SDPA's ``is_causal`` with no mask
-    tensor: rows are right-padded, so a valid query only ever sees valid keys, and the
-    fused kernels stay available. Bidirectional attention takes a key mask.
-    """
-
-    def __init__(self, d_model: int, heads: int, ffn: int, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.attn_norm = nn.LayerNorm(d_model)
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.attn_out = nn.Linear(d_model, d_model)
-        self.ffn_norm = nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(nn.Linear(d_model, ffn), nn.GELU(), nn.Linear(ffn, d_model))
-
-    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
-        """``key_mask`` None = causal; else a ``B x 1 x 1 x T`` bool mask (bidirectional)."""
-        B, T, d = x.shape
-        q, k, v = self.qkv(self.attn_norm(x)).view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        p = self.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask, dropout_p=p, is_causal=key_mask is None
-        )
-        x = x + F.dropout(self.attn_out(a.transpose(1, 2).reshape(B, T, d)), p, self.training)
-        return x + F.dropout(self.ffn(self.ffn_norm(x)), p, self.training)
-
-
 class SequenceTransformer(nn.Module):
-    """Position embedding + :class:`EncoderLayer` stack + LayerNorm.
+    """Position embedding + :class:`PreNormEncoderLayer` stack (GELU) + LayerNorm;
+    ``key_mask`` None = causal, else bidirectional over the valid items.
 
     ``B x T x d_model -> B x T x d_model``. Positions count from the oldest kept item, so
     under causal attention a position carries nothing about the items after it (counted
@@ -176,7 +146,8 @@ class SequenceTransformer(nn.Module):
         self.position = nn.Embedding(max_len, d)
         nn.init.normal_(self.position.weight, std=0.02)
         self.layers = nn.ModuleList(
-            EncoderLayer(d, config.heads, config.ffn, config.dropout) for _ in range(config.layers)
+            PreNormEncoderLayer(d, config.heads, config.ffn, config.dropout, "gelu")
+            for _ in range(config.layers)
         )
         self.norm = nn.LayerNorm(d)
 
@@ -184,7 +155,7 @@ class SequenceTransformer(nn.Module):
         T = x.shape[1]
         x = x + self.position.weight[:T].to(x.dtype)  # 0 = oldest kept item
         for layer in self.layers:
-            x = layer(x, key_mask)
+            x = layer(x, key_mask, causal=key_mask is None)
         return self.norm(x)
 
 

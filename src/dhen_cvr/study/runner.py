@@ -37,7 +37,7 @@ from dhen_cvr.baseline import load_baseline_config, train_baseline
 from dhen_cvr.config import load_experiment_config
 from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.eval.evaluate import EvalReport
-from dhen_cvr.train.trainer import train
+from dhen_cvr.pipeline import train_and_evaluate
 
 __all__ = ["StudyConfig", "StudyResult", "load_study", "run_study", "summarize"]
 
@@ -168,7 +168,7 @@ def run_study(
                 study.base, study.overrides(variant, seed, extra_overrides)
             )
             print(f"[study] {variant} seed {seed} -> {run}", flush=True)
-            train(
+            train_and_evaluate(
                 config,
                 data,
                 train_days,

@@ -1,30 +1,16 @@
-"""Training: losses (supervised + self-supervised), the trainer, incremental days, DDP,
-checkpoints. Public surface: :func:`train`, :func:`train_incremental`, :func:`load_trained_model`.
+"""Training: losses (supervised + self-supervised), the loop, where a run starts.
+Public surface: :func:`train` (= :func:`plan_training` + :func:`run_training`),
+:class:`TrainResult`, :class:`Trainer`."""
 
-Exports resolve lazily so that ``dhen_cvr.config`` can import the config classes of this
-package without importing the trainer (which imports ``dhen_cvr.config``).
-"""
+from dhen_cvr.train.run import TrainingPlan, plan_training, run_training, train
+from dhen_cvr.train.trainer import BatchHook, Trainer, TrainResult
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "train": "dhen_cvr.train.trainer",
-    "TrainResult": "dhen_cvr.train.trainer",
-    "train_incremental": "dhen_cvr.train.incremental",
-    "IncrementalResult": "dhen_cvr.train.incremental",
-    "load_checkpoint": "dhen_cvr.train.checkpoint",
-    "load_trained_model": "dhen_cvr.train.checkpoint",
-    "LossConfig": "dhen_cvr.train.losses",
-    "TrainConfig": "dhen_cvr.train.config",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'dhen_cvr.train' has no attribute {name!r}")
+__all__ = [
+    "BatchHook",
+    "TrainResult",
+    "Trainer",
+    "TrainingPlan",
+    "plan_training",
+    "run_training",
+    "train",
+]

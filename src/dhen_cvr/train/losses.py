@@ -6,8 +6,8 @@ head (:class:`MultiTaskBCELoss`) plus the self-supervised sequence term
 
 With ``formulation="esmm"`` (beyond the paper, its section 6; ESMM, arXiv 1804.07931)
 every head other than the click head is a CVR tower and is trained through
-``pCTCVR_h = pCTR * pCVR_h`` on the impression label; :func:`esmm_probabilities` gives
-what is served and evaluated in that formulation.
+``pCTCVR_h = pCTR * pCVR_h`` on the impression label; :func:`dhen_cvr.model.probabilities.esmm_probabilities`
+gives what is served and evaluated in that formulation.
 """
 
 from __future__ import annotations
@@ -18,60 +18,27 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
+from dhen_cvr.config.loss import LossConfig
+from dhen_cvr.model.probabilities import esmm_click_index
 from dhen_cvr.train.ssl import (
     MaskedItemLoss,
     NextActionLoss,
     SampledNegatives,
-    SSLConfig,
     build_ssl_loss,
     sample_negatives,
 )
 
 __all__ = [
-    "LossConfig",
     "MaskedItemLoss",
     "MultiTaskBCELoss",
     "NextActionLoss",
-    "SSLConfig",
     "SampledNegatives",
     "build_ssl_loss",
-    "esmm_probabilities",
     "keep_bce",
     "sample_negatives",
 ]
-
-
-class LossConfig(BaseModel):
-    """head_weights: ``w_h`` per head name (missing -> 1.0, 0 trains nothing on that head);
-    ssl: the self-supervised term; formulation: ``independent`` (one BCE per head on its
-    own logit) or ``esmm`` (CVR heads trained as ``pCTR * pCVR`` on impressions)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    head_weights: dict[str, float] = Field(default_factory=dict)
-    ssl: SSLConfig = Field(default_factory=SSLConfig)
-    formulation: Literal["independent", "esmm"] = "independent"
-    esmm_click_head: str = "click"
-
-    @field_validator("head_weights")
-    @classmethod
-    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = {k: w for k, w in v.items() if not (w >= 0 and math.isfinite(w))}
-        if bad:
-            raise ValueError(f"head weights must be finite and >= 0, got {bad}")
-        return v
-
-
-def esmm_probabilities(logits: Tensor, head_names: Sequence[str], click_head: str) -> Tensor:
-    """``B x H`` logits -> ``B x H`` probabilities in the ESMM formulation: the click column
-    is ``sigmoid(click)``, every other column ``sigmoid(click) * sigmoid(logit_h)``."""
-    click = _head_index(head_names, click_head)
-    probs = torch.sigmoid(logits)
-    is_click = torch.arange(len(head_names), device=logits.device) == click
-    return torch.where(is_click, probs, probs * probs[:, click : click + 1])
 
 
 def keep_bce(logit: Tensor, target: Tensor, weight: Tensor) -> Tensor:
@@ -114,7 +81,7 @@ class MultiTaskBCELoss(nn.Module):
             )
         self.head_names = list(head_names)
         self.formulation = formulation
-        self.click_index = _head_index(head_names, click_head) if formulation == "esmm" else -1
+        self.click_index = esmm_click_index(head_names, click_head) if formulation == "esmm" else -1
         weights = [float(head_weights.get(h, 1.0)) for h in self.head_names]
         self.register_buffer("head_weight", torch.tensor(weights), persistent=False)
 
@@ -164,9 +131,3 @@ def _log1mexp(x: Tensor) -> Tensor:
     near_zero = torch.log(-torch.expm1(x.clamp(min=cut)))
     far = torch.log1p(-torch.exp(x.clamp(max=cut)))
     return torch.where(x > cut, near_zero, far)
-
-
-def _head_index(head_names: Sequence[str], head: str) -> int:
-    if head not in head_names:
-        raise ValueError(f"ESMM click head {head!r} is not one of the heads {list(head_names)}")
-    return list(head_names).index(head)

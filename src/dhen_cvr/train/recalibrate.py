@@ -24,7 +24,7 @@ import torch
 from dhen_cvr.data.reader import ParquetBatchStream, make_loader
 from dhen_cvr.data.spec import FeatureSpec
 from dhen_cvr.model.cvr_model import CVRModel
-from dhen_cvr.train.distributed import DistContext, all_gather_objects
+from dhen_cvr.runtime.distributed import DistContext, all_gather_objects
 
 __all__ = ["fit_intercepts", "recalibrate_heads"]
 

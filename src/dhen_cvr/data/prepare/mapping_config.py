@@ -479,8 +479,8 @@ def load_mapping(path: str | Path) -> Mapping:
 
 
 def preset_names() -> list[str]:
-    """Names of the built-in presets (``dhen_cvr/presets/*.yaml``)."""
-    root = resources.files("dhen_cvr.presets")
+    """Names of the built-in presets (``dhen_cvr/data/prepare/presets/*.yaml``)."""
+    root = resources.files("dhen_cvr.data.prepare.presets")
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -488,5 +488,5 @@ def load_preset(name: str) -> Mapping:
     """A built-in mapping by name (``taobao``, ``aliccp``)."""
     if name not in preset_names():
         raise MappingError(f"unknown preset {name!r}; built-in presets: {preset_names()}")
-    text = (resources.files("dhen_cvr.presets") / f"{name}.yaml").read_text()
+    text = (resources.files("dhen_cvr.data.prepare.presets") / f"{name}.yaml").read_text()
     return _read_yaml(text, f"preset {name!r}")

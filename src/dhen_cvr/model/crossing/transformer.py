@@ -7,22 +7,22 @@
 
 ``B x L x D -> B x L x width -> B x L x D``. No attention mask (every token is a real
 feature). ``E`` is a per-token embedding: token ``i`` always holds the same feature, and
-attention alone is permutation-equivariant. Attention uses
-:func:`torch.nn.functional.scaled_dot_product_attention`. Table 4: 2 layers, 4 heads,
+attention alone is permutation-equivariant. The layer is
+:class:`~dhen_cvr.model.encoder_layer.PreNormEncoderLayer` (SDPA attention). Table 4: 2 layers, 4 heads,
 hidden 256, FFN 512, dropout 0 (the defaults here).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from dhen_cvr.model.crossing.base import CrossingContext, CrossingModule, CrossingParams
+from dhen_cvr.model.encoder_layer import PreNormEncoderLayer
 from dhen_cvr.registry import CROSSING_MODULES
 
-__all__ = ["PreNormEncoderLayer", "TransformerCrossing", "TransformerParams"]
+__all__ = ["TransformerCrossing", "TransformerParams"]
 
 
 class TransformerParams(CrossingParams):
@@ -38,34 +38,6 @@ class TransformerParams(CrossingParams):
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         return self
-
-
-class PreNormEncoderLayer(nn.Module):
-    """Pre-norm self-attention + FFN block, ``B x L x width -> B x L x width``, no mask."""
-
-    def __init__(self, width: int, heads: int, ffn: int, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.attn_norm = nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.attn_out = nn.Linear(width, width)
-        self.ffn_norm = nn.LayerNorm(width)
-        self.ffn = nn.Sequential(
-            nn.Linear(width, ffn), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn, width)
-        )
-        self.residual_dropout = nn.Dropout(dropout)
-
-    def attention(self, x: Tensor) -> Tensor:
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0
-        )  # B x heads x L x d_h
-        return self.attn_out(out.transpose(1, 2).flatten(2))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.residual_dropout(self.attention(self.attn_norm(x)))
-        return x + self.residual_dropout(self.ffn(self.ffn_norm(x)))
 
 
 @CROSSING_MODULES.register("transformer", params=TransformerParams)

@@ -19,8 +19,8 @@ from dhen_cvr.config import ExperimentConfig, load_experiment_config
 from dhen_cvr.days import day_name, next_day, resolve_days
 from dhen_cvr.errors import DhenCvrError
 from dhen_cvr.eval.evaluate import EvalReport, combine_reports
-from dhen_cvr.train.distributed import init_distributed
-from dhen_cvr.train.trainer import TrainResult, train
+from dhen_cvr.pipeline.train_and_evaluate import RunResult, train_and_evaluate
+from dhen_cvr.runtime.distributed import init_distributed
 
 __all__ = ["IncrementalResult", "train_incremental"]
 
@@ -30,7 +30,7 @@ class IncrementalResult:
     """The runs in training order (warm-up first) and the mean next-day evaluation."""
 
     out: Path
-    runs: list[TrainResult]
+    runs: list[RunResult]
     summary: EvalReport | None
 
     @property
@@ -62,7 +62,7 @@ def train_incremental(
         return None if following is None else [following]
 
     runs = [
-        train(
+        train_and_evaluate(
             config,
             data,
             warmup,
@@ -74,7 +74,7 @@ def train_incremental(
     ]
     for day in days:
         runs.append(
-            train(
+            train_and_evaluate(
                 config,
                 data,
                 [day],

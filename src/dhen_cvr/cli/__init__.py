@@ -15,13 +15,13 @@ from dhen_cvr.data.spec import SpecError
 from dhen_cvr.errors import DhenCvrError
 
 _COMMAND_MODULES = [
-    "dhen_cvr.data.commands",
-    "dhen_cvr.data.prepare.commands",
-    "dhen_cvr.model.commands",
-    "dhen_cvr.train.commands",
-    "dhen_cvr.eval.commands",
-    "dhen_cvr.study.commands",
-    "dhen_cvr.baseline.commands",
+    "dhen_cvr.cli.data",
+    "dhen_cvr.cli.prepare",
+    "dhen_cvr.cli.model",
+    "dhen_cvr.cli.train",
+    "dhen_cvr.cli.eval",
+    "dhen_cvr.cli.study",
+    "dhen_cvr.cli.baseline",
 ]
 
 app = typer.Typer(
@@ -43,7 +43,3 @@ def main() -> None:
     except (DhenCvrError, SpecError, FileNotFoundError) as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -33,7 +33,7 @@ def _config(config: str | None, overrides: list[str]) -> ExperimentConfig | None
 
 
 def _echo_main(text: str) -> None:
-    from dhen_cvr.train.distributed import is_main_process
+    from dhen_cvr.runtime.distributed import is_main_process
 
     if is_main_process():
         typer.echo(text)
@@ -65,9 +65,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train on --train-days, then (optionally) evaluate on --eval-days."""
         from dhen_cvr.eval.report import format_report
-        from dhen_cvr.train.trainer import train
+        from dhen_cvr.pipeline import train_and_evaluate
 
-        result = train(
+        result = train_and_evaluate(
             _config(config, overrides),
             data,
             train_days,
@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
         """Warm up, then train day by day from yesterday's checkpoint; evaluate each next day."""
         from dhen_cvr.config import load_experiment_config
         from dhen_cvr.eval.report import format_report
-        from dhen_cvr.train.incremental import train_incremental
+        from dhen_cvr.pipeline.incremental import train_incremental
 
         cfg = load_experiment_config(config, overrides)
         result = train_incremental(
@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Synthesise a small world, train tiny DHEN + SSL, evaluate next day vs the oracle."""
         from dhen_cvr.eval.report import format_report
-        from dhen_cvr.quickstart import quickstart
+        from dhen_cvr.pipeline.quickstart import quickstart
 
         result = quickstart(out, seed=seed, show_progress=not quiet)
         typer.echo(format_report(result.report))

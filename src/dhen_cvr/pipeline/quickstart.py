@@ -23,7 +23,7 @@ from dhen_cvr.data.synth import WorldConfig, synthesize
 from dhen_cvr.errors import DhenCvrError
 from dhen_cvr.eval.evaluate import EvalReport
 from dhen_cvr.eval.report import markdown_table
-from dhen_cvr.train.trainer import TrainResult, train
+from dhen_cvr.pipeline.train_and_evaluate import RunResult, train_and_evaluate
 
 __all__ = ["QUICKSTART_WORLD", "QuickstartResult", "claim_folder", "quickstart"]
 
@@ -40,7 +40,7 @@ QUICKSTART_OVERRIDES = ("train.epochs=1",)
 class QuickstartResult:
     out: Path
     data: Path
-    train: TrainResult
+    train: RunResult
     report: EvalReport
     markdown: Path
     plot: Path
@@ -75,7 +75,7 @@ def quickstart(
     if not isinstance(config, ExperimentConfig):
         config = load_experiment_config(config, [*QUICKSTART_OVERRIDES, f"train.seed={seed}"])
     last = world.days
-    result = train(
+    result = train_and_evaluate(
         config,
         data,
         f"1-{last - 1}",
@@ -91,7 +91,7 @@ def quickstart(
     return QuickstartResult(out, data, result, result.eval, markdown, plot, seconds)
 
 
-def _plot(result: TrainResult, path: Path) -> None:
+def _plot(result: RunResult, path: Path) -> None:
     """Training loss by step (left) and per-head ROC-AUC vs the oracle (right)."""
     import matplotlib
 
@@ -127,7 +127,7 @@ def _plot(result: TrainResult, path: Path) -> None:
     plt.close(fig)
 
 
-def _markdown(result: TrainResult, world: WorldConfig, plot: Path, seconds: float) -> str:
+def _markdown(result: RunResult, world: WorldConfig, plot: Path, seconds: float) -> str:
     assert result.eval is not None
     report, progress = result.eval, result.progress
     data = result.run.parent / "data"

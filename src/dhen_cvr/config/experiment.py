@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from dhen_cvr.config.loss import LossConfig
+from dhen_cvr.config.train import TrainConfig
 from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.model.config import ModelConfig
-from dhen_cvr.train.config import TrainConfig
-from dhen_cvr.train.losses import LossConfig
 
 __all__ = [
     "ExperimentConfig",
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 # The repository's ``configs/`` (tiny.yaml, paper.yaml) next to ``src/``.
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
+PRESET_DIR = Path(__file__).resolve().parents[3] / "configs"
 
 
 class ExperimentConfig(BaseModel):

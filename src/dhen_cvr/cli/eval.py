@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         """Per-head next-day metrics (ROC-AUC, PR-AUC, log loss, calibration, oracle)."""
         from dhen_cvr.eval.evaluate import evaluate
         from dhen_cvr.eval.report import format_report
-        from dhen_cvr.train.distributed import is_main_process
+        from dhen_cvr.runtime.distributed import is_main_process
 
         report = evaluate(run, data, days, baseline=baseline, batch_size=batch_size)
         if is_main_process():

@@ -1,0 +1,5 @@
+"""``python -m dhen_cvr.cli`` (used under ``torchrun``)."""
+
+from dhen_cvr.cli import main
+
+main()

@@ -1,0 +1,36 @@
+"""The runtime layer under training, evaluation, search and serving: checkpoints
+(atomic, self-contained folders), run folders, and the distributed context.
+
+Public surface: :func:`save_checkpoint`, :func:`load_checkpoint`,
+:func:`latest_checkpoint`, :func:`load_trained_model`, :class:`TrainProgress`,
+:class:`DistContext`, :func:`init_distributed`, and the run-folder helpers."""
+
+from dhen_cvr.runtime.checkpoint import (
+    Checkpoint,
+    TrainedModel,
+    TrainProgress,
+    latest_checkpoint,
+    load_checkpoint,
+    load_trained_model,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from dhen_cvr.runtime.distributed import DistContext, init_distributed, is_main_process
+from dhen_cvr.runtime.run_folder import RunInfo, read_run_folder, write_run_folder
+
+__all__ = [
+    "Checkpoint",
+    "DistContext",
+    "RunInfo",
+    "TrainProgress",
+    "TrainedModel",
+    "init_distributed",
+    "is_main_process",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_trained_model",
+    "read_run_folder",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "write_run_folder",
+]

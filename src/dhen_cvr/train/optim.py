@@ -1,0 +1,36 @@
+"""The optimiser and the learning-rate schedule (DESIGN section 5; paper Appendix A)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dhen_cvr.config.train import TrainConfig
+
+__all__ = ["build_optimizer", "learning_rate"]
+
+
+def learning_rate(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine/linear decay to
+    ``min_lr_ratio * lr`` at ``total_steps`` (constant after)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.decay == "none":
+        return cfg.lr
+    floor = cfg.lr * cfg.min_lr_ratio
+    done = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    if cfg.decay == "cosine":
+        return floor + 0.5 * (1.0 + math.cos(math.pi * done)) * (cfg.lr - floor)
+    return cfg.lr - done * (cfg.lr - floor)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on biases, norms or per-feature scales)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
