@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-__all__ = ["DataError", "DhenCvrError", "describe_validation_error"]
+__all__ = ["DataError", "DhenCvrError", "DhenCvrWarning", "describe_validation_error", "warn"]
 
 
 def describe_validation_error(title: str, err: ValidationError, prefix: str = "") -> str:
@@ -47,3 +47,15 @@ class DataError(DhenCvrError):
         if row is not None:
             where.append(f"row {row}")
         super().__init__((": ".join([", ".join(where), message])) if where else message)
+
+
+class DhenCvrWarning(UserWarning):
+    """Something the user should know that does not stop the run (a damaged checkpoint
+    skipped, a metric undefined on a day); the CLI prints it as one ``warning:`` line."""
+
+
+def warn(message: str) -> None:
+    """Issue a :class:`DhenCvrWarning` (shown by the CLI as ``warning: <message>``)."""
+    import warnings
+
+    warnings.warn(message, DhenCvrWarning, stacklevel=2)

@@ -24,11 +24,26 @@ def register(app: typer.Typer) -> None:
         ),
         batch_size: int | None = typer.Option(None, "--batch-size", help="rows per batch"),
     ) -> None:
-        """Per-head next-day metrics (ROC-AUC, PR-AUC, log loss, calibration, oracle)."""
-        from dhen_cvr.eval.evaluate import evaluate
+        """Per-head next-day metrics (ROC-AUC, PR-AUC, log loss, calibration, oracle).
+
+        The report is printed, then saved as RUN/eval-<days>.json when --run is a run
+        folder (the training-time RUN/eval.json is kept)."""
+        from dhen_cvr.cli import describe_error
+        from dhen_cvr.errors import DhenCvrError
+        from dhen_cvr.eval.evaluate import evaluate, evaluation_file
         from dhen_cvr.eval.report import format_report
         from dhen_cvr.runtime.distributed import is_main_process
+        from dhen_cvr.runtime.run_folder import RUN_FILE
 
-        report = evaluate(run, data, days, baseline=baseline, batch_size=batch_size)
-        if is_main_process():
-            typer.echo(format_report(report))
+        report = evaluate(run, data, days, baseline=baseline, batch_size=batch_size, save=False)
+        if not is_main_process():
+            return
+        typer.echo(format_report(report))
+        if not (run / RUN_FILE).is_file():  # a checkpoint folder: print only
+            return
+        path = evaluation_file(run, report.days)
+        try:
+            report.save(path)
+        except OSError as err:
+            raise DhenCvrError(f"the metrics above were not saved: {describe_error(err)}") from err
+        typer.echo(f"wrote {path}")

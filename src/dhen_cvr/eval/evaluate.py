@@ -52,6 +52,7 @@ __all__ = [
     "combine_reports",
     "evaluate",
     "evaluate_model",
+    "evaluation_file",
 ]
 
 METRICS = (
@@ -289,7 +290,7 @@ def _report(
                 "positives": s.positives if s else 0,
             }
     keep = spec.keep_label_names
-    return EvalReport(
+    report = EvalReport(
         run=run,
         days=days,
         heads=heads,
@@ -309,6 +310,8 @@ def _report(
             "bias without the label noise of sum(y) (synthetic data); also for the top 10%",
         },
     )
+    report.notes |= undefined_metric_notes(per_day, heads)
+    return report
 
 
 def _mean_over_days(
@@ -324,6 +327,43 @@ def _mean_over_days(
     return mean
 
 
+def undefined_metric_notes(
+    per_day: dict[str, dict[str, HeadMetrics]], heads: list[str]
+) -> dict[str, str]:
+    """``{"undefined/<head>": why}`` for each head whose ROC-AUC is undefined on some day
+    (no labelled rows, no positives or only positives), and what its mean then covers:
+    the metric means are over the days where they are defined, the row and positive
+    counts add all days."""
+    notes: dict[str, str] = {}
+    for head in heads:
+        days = {day: m[head] for day, m in per_day.items() if head in m}
+        reasons = []
+        for day, m in days.items():
+            if math.isfinite(m["roc_auc"]):
+                continue
+            if m["count"] == 0:
+                reasons.append(f"{day} has no labelled rows")
+            elif m["positives"] == 0:
+                reasons.append(f"{day} has no positives")
+            elif m["positives"] == m["count"]:
+                reasons.append(f"{day} has only positives")
+            else:
+                reasons.append(f"{day} is undefined")
+        if not reasons:
+            continue
+        text = f"{head}: ROC-AUC/PR-AUC cannot be computed ('-'): {'; '.join(reasons)}"
+        defined = len(days) - len(reasons)
+        if len(days) > 1:
+            text += (
+                f"; its metric means are over the {defined} other day(s) of {len(days)}, "
+                "while rows and positives add all days"
+                if defined
+                else "; undefined on every day"
+            )
+        notes[f"undefined/{head}"] = text
+    return notes
+
+
 def combine_reports(reports: list[EvalReport], run: str) -> EvalReport:
     """One report over the days of several (e.g. each incremental day's next-day
     evaluation, paper 5.2); the days must be distinct."""
@@ -334,8 +374,15 @@ def combine_reports(reports: list[EvalReport], run: str) -> EvalReport:
         raise ValueError(f"reports share evaluation days: {days}")
     per_day = {d: m for r in reports for d, m in r.per_day.items()}
     first = reports[0]
+    notes = {k: v for k, v in first.notes.items() if not k.startswith("undefined/")}
+    notes |= undefined_metric_notes(per_day, first.heads)
     return replace(
-        first, run=run, days=days, per_day=per_day, mean=_mean_over_days(per_day, first.heads)
+        first,
+        run=run,
+        days=days,
+        per_day=per_day,
+        mean=_mean_over_days(per_day, first.heads),
+        notes=notes,
     )
 
 
@@ -355,7 +402,8 @@ def evaluate(
 ) -> EvalReport:
     """Evaluate the newest checkpoint of ``run`` (or a checkpoint folder) on ``days`` of
     ``data``; with ``baseline`` (another run) add its metrics and the relative lift.
-    Writes ``RUN/eval.json`` when ``run`` is a run folder and ``save`` is set."""
+    Writes :func:`evaluation_file` (``RUN/eval-<days>.json``; the training-time
+    ``RUN/eval.json`` is left as it is) when ``run`` is a run folder and ``save`` is set."""
     data = Path(data)
     day_dirs = resolve_days(data, days)
     ctx = init_distributed("auto")
@@ -376,8 +424,15 @@ def evaluate(
         )
     report = reports[0] if baseline is None else reports[0].with_baseline(reports[1])
     if save and ctx.is_main and (Path(run) / "run.json").is_file():  # a run folder
-        report.save(Path(run) / "eval.json")
+        report.save(evaluation_file(run, report.days))
     return report
+
+
+def evaluation_file(run: str | Path, days: list[str]) -> Path:
+    """Where ``evaluate`` saves a run's report on ``days``: ``RUN/eval-<day>.json`` or
+    ``RUN/eval-<first>..<last>.json`` (an evaluation of the same days replaces it)."""
+    name = days[0] if len(days) == 1 else f"{days[0]}..{days[-1]}"
+    return Path(run) / f"eval-{name}.json"
 
 
 def _data_spec(data: Path, model_spec: FeatureSpec) -> FeatureSpec:

@@ -4,6 +4,8 @@ One row per head (a ``serve: false`` head is marked ``(not served)``); columns a
 model's ROC-AUC and PR-AUC next to the oracle's, log loss, calibration (sum p / sum y,
 overall and in the top decile of predictions; then sum p / sum oracle p, the same without
 label noise), rows and positives, and the relative lift when the report has a baseline.
+A metric that cannot be computed shows ``-``; the terminal table then says why below it
+(a head with no positives on a day, and what its mean over days covers).
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def format_report(report: EvalReport, *, per_day: bool = True) -> str:
         title += f" (lift vs {report.baseline})"
     header, rows = table_rows(report, report.mean, with_lift=report.lift is not None)
     parts.append(f"{title}\n{_text_table(header, rows)}")
-    return "\n\n".join(parts)
+    text = "\n\n".join(parts)
+    return "\n".join([text, *(f"warning: {w}" for w in _undefined(report))])
 
 
 def markdown_table(report: EvalReport) -> str:
@@ -87,4 +90,10 @@ def markdown_table(report: EvalReport) -> str:
     header, rows = table_rows(report, report.mean, with_lift=report.lift is not None)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += [f"\n*{w}*" for w in _undefined(report)]
     return "\n".join(lines)
+
+
+def _undefined(report: EvalReport) -> list[str]:
+    """Why metrics show ``-`` (see :func:`~dhen_cvr.eval.evaluate.undefined_metric_notes`)."""
+    return [v for k, v in report.notes.items() if k.startswith("undefined/")]

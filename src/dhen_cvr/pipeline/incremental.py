@@ -21,6 +21,7 @@ from dhen_cvr.errors import DhenCvrError
 from dhen_cvr.eval.evaluate import EvalReport, combine_reports
 from dhen_cvr.pipeline.train_and_evaluate import RunResult, train_and_evaluate
 from dhen_cvr.runtime.distributed import init_distributed
+from dhen_cvr.train.run import ResumeMode
 
 __all__ = ["IncrementalResult", "train_incremental"]
 
@@ -49,7 +50,8 @@ def train_incremental(
     show_progress: bool = True,
 ) -> IncrementalResult:
     """Warm up, then train one day at a time from yesterday's checkpoint, evaluating each
-    model on the following day. ``resume`` continues (or re-evaluates) finished steps."""
+    model on the following day. ``resume`` continues (or re-evaluates) finished steps and
+    starts the ones not begun yet."""
     if not isinstance(config, ExperimentConfig):
         config = load_experiment_config(config)
     data, out = Path(data), Path(out)
@@ -61,6 +63,7 @@ def train_incremental(
         following = next_day(data, trained_through)
         return None if following is None else [following]
 
+    run_resume: ResumeMode = "if-exists" if resume else False  # later days may not be started yet
     runs = [
         train_and_evaluate(
             config,
@@ -68,7 +71,7 @@ def train_incremental(
             warmup,
             out / "warmup",
             eval_days=evaluation_day(warmup[-1]),
-            resume=resume,
+            resume=run_resume,
             show_progress=show_progress,
         )
     ]
@@ -81,7 +84,7 @@ def train_incremental(
                 out / f"day-{day_name(day)}",
                 eval_days=evaluation_day(day),
                 init_from=runs[-1].checkpoint,
-                resume=resume,
+                resume=run_resume,
                 show_progress=show_progress,
             )
         )

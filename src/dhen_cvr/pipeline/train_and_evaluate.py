@@ -19,6 +19,7 @@ from dhen_cvr.eval import EvalReport, evaluate_model
 from dhen_cvr.runtime.checkpoint import TrainProgress
 from dhen_cvr.runtime.distributed import init_distributed
 from dhen_cvr.train import BatchHook, TrainResult, plan_training, run_training
+from dhen_cvr.train.run import ResumeMode
 
 __all__ = ["RunResult", "check_eval_days", "train_and_evaluate"]
 
@@ -72,7 +73,7 @@ def train_and_evaluate(
     *,
     eval_days: str | list[Path] | None = None,
     init_from: str | Path | None = None,
-    resume: bool = False,
+    resume: ResumeMode = False,
     show_progress: bool = True,
     allow_in_sample_eval: bool = False,
     on_batch: BatchHook | None = None,

@@ -12,11 +12,18 @@ Layout of a run folder and of one checkpoint::
 
 Each checkpoint is written under a temporary name in the same folder and renamed into
 place when complete, so a checkpoint that exists is whole; a killed run leaves at most
-a ``.tmp-*`` folder, which the next save removes. The newest ``keep`` are kept.
+a ``.tmp-*`` folder, which the next save removes. The newest ``keep`` are kept. A save
+that fails (a full disk) removes its half-written folder and raises
+:class:`CheckpointWriteError`; the checkpoints before it are untouched.
+
+Loading a run folder takes its newest checkpoint that loads: a damaged one (truncated,
+empty or garbage ``state.pt``, unreadable metadata) is skipped with a warning naming it
+and the one used instead; :class:`DamagedCheckpointError` when none loads.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -32,11 +39,13 @@ import yaml
 from dhen_cvr.config import ExperimentConfig
 from dhen_cvr.data.spec import FeatureSpec, load_spec
 from dhen_cvr.data.stats import MinMaxStats
-from dhen_cvr.errors import DhenCvrError
+from dhen_cvr.errors import DhenCvrError, warn
 from dhen_cvr.model.cvr_model import CVRModel
 
 __all__ = [
     "Checkpoint",
+    "CheckpointWriteError",
+    "DamagedCheckpointError",
     "TrainProgress",
     "TrainedModel",
     "latest_checkpoint",
@@ -49,6 +58,14 @@ __all__ = [
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _FILES = ("state.pt", "progress.json", "dense_stats.json", "spec.yaml", "config.yaml")
+
+
+class DamagedCheckpointError(DhenCvrError):
+    """A checkpoint folder whose files cannot be read back."""
+
+
+class CheckpointWriteError(DhenCvrError):
+    """A checkpoint could not be written (e.g. the disk is full)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,31 @@ def save_checkpoint(
         else:  # killed between the two renames: the old copy is the only one
             os.rename(previous, original)
     final = folder / f"step-{progress.step:08d}"
+    newest = latest_checkpoint(run)
+    try:
+        _write_checkpoint(folder, final, state, progress, dense_stats, spec, config)
+    except OSError as err:
+        kept = f"the newest checkpoint {newest} is intact" if newest else "no checkpoint yet"
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {final}: {err.strerror or err} "
+            f"[{errno.errorcode.get(err.errno or 0, 'OSError')}]; nothing half-written was "
+            f"left, {kept}; free some space and continue with --resume"
+        ) from err
+    for _, old in _step_dirs(Path(run))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(
+    folder: Path,
+    final: Path,
+    state: dict[str, Any],
+    progress: TrainProgress,
+    dense_stats: dict[str, Any],
+    spec: FeatureSpec,
+    config: dict[str, Any],
+) -> None:
+    """Write ``final`` under a temporary name, then rename it into place."""
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=folder))
     try:
         _fsync_write(tmp / "state.pt", lambda f: torch.save(state, f))
@@ -143,9 +185,6 @@ def save_checkpoint(
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    for _, old in _step_dirs(Path(run))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def latest_checkpoint(run: str | Path) -> Path | None:
@@ -166,21 +205,57 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint (or a run folder's newest) with ``weights_only=True``."""
-    folder = resolve_checkpoint(path)
+    """Load a checkpoint folder, or a run folder's newest checkpoint that loads (a damaged
+    newer one is skipped with a warning), with ``weights_only=True``."""
+    p = Path(path)
+    if (p / "state.pt").is_file():
+        return _load_one(p, map_location)
+    candidates = [folder for _, folder in reversed(_step_dirs(p))]
+    if not candidates:
+        raise DhenCvrError(f"{p} is neither a checkpoint nor a run folder with checkpoints")
+    damaged: list[str] = []
+    for folder in candidates:
+        try:
+            checkpoint = _load_one(folder, map_location)
+        except DamagedCheckpointError as err:
+            damaged.append(str(err))
+            continue
+        for problem in damaged:
+            warn(f"{problem}; using the previous checkpoint {folder}")
+        return checkpoint
+    raise DamagedCheckpointError(f"no checkpoint of {p} loads: " + "; ".join(damaged))
+
+
+def _load_one(folder: Path, map_location: str | torch.device) -> Checkpoint:
+    """One checkpoint folder; :class:`DamagedCheckpointError` names the file that fails."""
     missing = [name for name in _FILES if not (folder / name).is_file()]
     if missing:
-        raise DhenCvrError(f"checkpoint {folder} is incomplete: missing {missing}")
-    state = torch.load(folder / "state.pt", map_location=map_location, weights_only=True)
-    progress = TrainProgress(**json.loads((folder / "progress.json").read_text()))
-    return Checkpoint(
-        path=folder,
-        state=state,
-        progress=progress,
-        dense_stats=json.loads((folder / "dense_stats.json").read_text()),
-        spec=load_spec(folder / "spec.yaml"),
-        config=yaml.safe_load((folder / "config.yaml").read_text()),
-    )
+        raise DamagedCheckpointError(f"checkpoint {folder} is incomplete: missing {missing}")
+    name = "state.pt"
+    try:
+        state = torch.load(folder / name, map_location=map_location, weights_only=True)
+        if not isinstance(state, dict) or not {"model", "optimizer", "rng"} <= state.keys():
+            raise ValueError("not a dhen-cvr checkpoint state (no model/optimizer/rng)")
+        name = "progress.json"
+        progress = TrainProgress(**json.loads((folder / name).read_text()))
+        name = "dense_stats.json"
+        dense_stats = json.loads((folder / name).read_text())
+        name = "spec.yaml"
+        spec = load_spec(folder / name)
+        name = "config.yaml"
+        config = yaml.safe_load((folder / name).read_text())
+        if not isinstance(config, dict):
+            raise ValueError("not a mapping")
+    except (PermissionError, IsADirectoryError):
+        raise
+    except Exception as err:  # a damaged file fails in many ways (EOF, zip, pickle, JSON)
+        size = (folder / name).stat().st_size
+        reason = (str(err).strip().splitlines() or ["the file ends early"])[0]
+        raise DamagedCheckpointError(
+            f"checkpoint {folder} is damaged: {name} ({size} bytes) does not load: "
+            f"{type(err).__name__}: {reason}"
+        ) from None
+    return Checkpoint(folder, state, progress, dense_stats, spec, config)
 
 
 @dataclass

@@ -174,7 +174,7 @@ def run_study(
                 train_days,
                 run,
                 eval_days=eval_days,
-                resume=True,
+                resume="if-exists",
                 show_progress=show_progress,
             )
     return summarize(out, study)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -24,18 +25,25 @@ from dhen_cvr.data.spec import FeatureSpec, load_spec
 from dhen_cvr.data.stats import MinMaxStats, fit_minmax_stats
 from dhen_cvr.days import day_name, resolve_days, select_days
 from dhen_cvr.errors import DhenCvrError
-from dhen_cvr.runtime.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
+from dhen_cvr.runtime.checkpoint import Checkpoint, load_checkpoint
 from dhen_cvr.runtime.distributed import barrier, init_distributed
 from dhen_cvr.runtime.run_folder import (
+    RUN_FILE,
     RunInfo,
     check_new_run_folder,
+    clear_failed_start,
+    is_failed_start,
     read_run_folder,
     write_run_folder,
 )
 from dhen_cvr.train.recalibrate import recalibrate_heads
 from dhen_cvr.train.trainer import BatchHook, Trainer, TrainResult
 
-__all__ = ["TrainingPlan", "plan_training", "run_training", "train"]
+__all__ = ["ResumeMode", "TrainingPlan", "plan_training", "run_training", "train"]
+
+ResumeMode = bool | Literal["if-exists"]
+"""``True``: continue the run in ``out`` (an error if there is none); ``"if-exists"``:
+continue it if it was started, else start it (for schedulers); ``False``: a new run."""
 
 
 @dataclass(frozen=True)
@@ -60,13 +68,18 @@ def plan_training(
     out: str | Path,
     *,
     init_from: str | Path | None = None,
-    resume: bool = False,
+    resume: ResumeMode = False,
 ) -> TrainingPlan:
     """Resolve what :func:`train` would do, reading nothing but configs, day folders and
     checkpoints (arguments as for :func:`train`)."""
     run = Path(out)
-    plan = _resume_plan(run, config, data, train_days) if resume else None
+    plan = _resume_plan(run, config, data, train_days, init_from) if resume else None
     if plan is None:
+        if resume is True:
+            raise DhenCvrError(
+                f"cannot resume {run}: no run was started there (no {run / RUN_FILE}); "
+                "drop --resume to start a new run"
+            )
         if config is None or data is None or train_days is None:
             raise DhenCvrError("train needs a config, a data folder and training days")
         config = config if isinstance(config, ExperimentConfig) else load_experiment_config(config)
@@ -94,9 +107,11 @@ def run_training(
     if plan.checkpoint is not None:
         _check_compatible(plan.checkpoint, config, spec)
     if plan.new_run:
-        check_new_run_folder(run)  # on every rank, so a refusal stops them all
+        restart = check_new_run_folder(run)  # on every rank, so a refusal stops them all
         barrier(ctx)  # ... before rank 0 creates it
         if ctx.is_main:
+            if restart:
+                clear_failed_start(run)
             warm_from = None if plan.checkpoint is None else plan.checkpoint.path
             days = [day_name(d) for d in plan.days]
             write_run_folder(run, RunInfo(config, plan.data, days, warm_from))
@@ -129,7 +144,7 @@ def train(
     out: str | Path,
     *,
     init_from: str | Path | None = None,
-    resume: bool = False,
+    resume: ResumeMode = False,
     show_progress: bool = True,
     on_batch: BatchHook | None = None,
     extra_columns: Sequence[str] = (),
@@ -140,9 +155,11 @@ def train(
     ``train_days``: a selection such as ``"1-10"`` (:func:`~dhen_cvr.days.select_days`)
     or a list of day folders. ``init_from``: a run or checkpoint folder to warm-start from
     (its weights and dense statistics; a fresh optimiser). ``resume``: continue the run in
-    ``out`` from its newest checkpoint; ``config``, ``data`` and ``train_days`` are then
-    read from the run folder (if given they must match). A ``resume`` of a run folder
-    that does not exist yet starts it, so a scheduler can always pass ``resume=True``.
+    ``out`` from its newest checkpoint that loads; ``config``, ``data`` and ``train_days``
+    are then read from the run folder (if given they must match). ``resume=True`` on a
+    folder where no run was started is an error; ``resume="if-exists"`` starts it (so a
+    scheduler can pass it every time). A run folder that never saved a checkpoint (a
+    failed start) is started again, with or without ``resume``.
     """
     plan = plan_training(config, data, train_days, out, init_from=init_from, resume=resume)
     return run_training(
@@ -155,12 +172,22 @@ def _resume_plan(
     config: ExperimentConfig | str | Path | None,
     data: str | Path | None,
     train_days: str | list[Path] | None,
+    init_from: str | Path | None,
 ) -> TrainingPlan | None:
     """The stored config/data/days of ``run`` and the checkpoint to continue from
     (None: ``run`` was never started)."""
     info = read_run_folder(run)
     if info is None:
         return None
+    if is_failed_start(run):  # stopped before its first checkpoint: start it again
+        config = config if config is not None else info.config
+        if not isinstance(config, ExperimentConfig):
+            config = load_experiment_config(config)
+        data_path = Path(data) if data is not None else info.data
+        days = resolve_days(data_path, train_days or ",".join(info.train_days))
+        warm = init_from if init_from is not None else info.init_from
+        checkpoint = None if warm is None else load_checkpoint(warm)
+        return TrainingPlan(run, config, data_path, days, checkpoint, True)
     if config is not None:
         given = config if isinstance(config, ExperimentConfig) else load_experiment_config(config)
         if given != info.config:
@@ -173,13 +200,8 @@ def _resume_plan(
         given_days = [day_name(d) for d in resolve_days(data_path, train_days)]
         if given_days != info.train_days:
             raise DhenCvrError(f"cannot resume {run} on other training days than {info.train_days}")
-    latest = latest_checkpoint(run)
-    if latest is not None:
-        checkpoint = load_checkpoint(latest)
-        return TrainingPlan(run, info.config, data_path, days, checkpoint, False, False)
-    # Killed before the first checkpoint: start again (from the warm start, if any).
-    warm = load_checkpoint(info.init_from) if info.init_from else None
-    return TrainingPlan(run, info.config, data_path, days, warm, False)
+    checkpoint = load_checkpoint(run)  # the newest that loads
+    return TrainingPlan(run, info.config, data_path, days, checkpoint, False, False)
 
 
 def _check_compatible(checkpoint: Checkpoint, config: ExperimentConfig, spec: FeatureSpec) -> None:

@@ -365,6 +365,7 @@ class Trainer:
                         checkpoint = self.save()
                 self.progress = replace(self.progress, epoch=epoch + 1, batches_in_epoch=0)
                 checkpoint = self.save()
+            log.flush()  # the partial last window (a run shorter than log_every included)
         finally:
             bar.close()
             log.close()
