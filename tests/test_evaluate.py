@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from dhen_cvr.cli import app
 from dhen_cvr.data.reader import ParquetBatchStream
 from dhen_cvr.days import day_name, select_days
-from dhen_cvr.eval.evaluate import EvalReport, evaluate
+from dhen_cvr.eval.evaluate import EvalReport, evaluate, evaluation_file
 from dhen_cvr.runtime.checkpoint import load_trained_model
 from dhen_cvr.train import train
 from train_world import make_world, tiny_config
@@ -106,10 +106,10 @@ def test_baseline_lift_and_eval_json(world: tuple[Path, Path, Path]) -> None:
         for metric in ("roc_auc", "pr_auc"):
             mine, theirs = report.mean[head][metric], base.mean[head][metric]
             assert report.lift[head][metric] == pytest.approx((mine - theirs) / theirs)
-    saved = EvalReport.load(run / "eval.json")
+    saved = EvalReport.load(evaluation_file(run, report.days))  # RUN/eval-<days>.json
     assert saved.days == report.days and saved.lift == report.lift
     assert saved.mean["click"]["roc_auc"] == report.mean["click"]["roc_auc"]
-    assert not (baseline / "eval.json").exists()  # save=False
+    assert not list(baseline.glob("eval*.json"))  # save=False
 
 
 def test_report_json_handles_missing_values(tmp_path: Path) -> None:

@@ -60,8 +60,8 @@ def check_new_run_folder(run: Path) -> bool:
         return True
     if (run / RUN_FILE).is_file():
         raise DhenCvrError(
-            f"run folder {run} exists and is not empty (a run with checkpoint "
-            f"{latest_checkpoint(run)}); pass --resume to continue it or choose another --out"
+            f"run folder {run} exists and is not empty; pass --resume to continue it (from "
+            f"{latest_checkpoint(run)}) or choose another --out"
         )
     raise DhenCvrError(
         f"run folder {run} exists and is not empty (and is not a dhen-cvr run folder: no "
