@@ -61,7 +61,7 @@ def test_taobao_prepare_train_evaluate(tmp_path: Path) -> None:
     day = report.per_day["2017-11-27"]
     assert day["buy"]["count"] == prepared.days["2017-11-27"].examples
     assert math.isfinite(day["buy"]["log_loss"])
-    assert (run / "eval.json").is_file()
+    assert (run / "eval-2017-11-27.json").is_file()  # evaluate keeps RUN/eval.json
 
 
 def test_aliccp_prepare_train_evaluate(tmp_path: Path) -> None:

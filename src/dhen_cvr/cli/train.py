@@ -54,7 +54,11 @@ def register(app: typer.Typer) -> None:
         init_from: Path | None = typer.Option(
             None, "--init-from", help="warm start from a run or checkpoint folder"
         ),
-        resume: bool = typer.Option(False, "--resume", help="continue OUT from its checkpoint"),
+        resume: bool = typer.Option(
+            False,
+            "--resume",
+            help="continue OUT from its newest checkpoint that loads (an error if OUT holds no run)",
+        ),
         overrides: list[str] = typer.Option([], "--set", help=_SET_HELP),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
         allow_in_sample_eval: bool = typer.Option(

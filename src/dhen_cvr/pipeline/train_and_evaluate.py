@@ -104,5 +104,12 @@ def train_and_evaluate(
     if overlap:
         report.notes["in_sample"] = f"evaluation days {overlap} were also trained on"
     if ctx.is_main:
-        report.save(plan.run / "eval.json")
+        path = plan.run / "eval.json"
+        try:
+            report.save(path)
+        except OSError as err:
+            raise DhenCvrError(
+                f"trained ({trained.checkpoint}) and evaluated, but cannot write {path}: "
+                f"{err.strerror or err}; `dhen-cvr evaluate --run {plan.run}` recomputes it"
+            ) from err
     return RunResult(trained, report)
