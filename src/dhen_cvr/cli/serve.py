@@ -40,7 +40,7 @@ def serve(
     from dhen_cvr.serve.artefact import load_artefact
 
     run_server(
-        load_artefact(artefact),
+        load_artefact(artefact, programs=("request",)),
         host,
         port,
         max_candidates=max_candidates,

@@ -210,8 +210,29 @@ def _no_grad(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return call
 
 
-def load_artefact(path: str | Path) -> ServingModel:
-    """Load an exported artefact (checks its format and every file's sha256)."""
+class _Program:
+    """One exported program of an artefact, loaded on first use (or by :meth:`load`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._module: Callable[..., Tensor] | None = None
+
+    def load(self) -> _Program:
+        if self._module is None:
+            self._module = torch.export.load(self.path).module()
+        return self
+
+    def __call__(self, *inputs: Tensor) -> Tensor:
+        module = self.load()._module
+        assert module is not None
+        with torch.inference_mode():
+            return module(*inputs)
+
+
+def load_artefact(path: str | Path, programs: tuple[str, ...] = ("request", "rows")) -> ServingModel:
+    """Load an exported artefact (checks its format and every file's sha256); the named
+    ``programs`` are loaded now, the others on first use (the server needs ``request``
+    only, batch scoring ``rows`` only)."""
     path = Path(path)
     meta_path = path / "metadata.json"
     if not meta_path.is_file():
@@ -226,13 +247,16 @@ def load_artefact(path: str | Path) -> ServingModel:
             raise DhenCvrError(f"artefact {path} is incomplete: missing {name}")
         if _sha256(path / name) != digest:
             raise DhenCvrError(f"artefact {path}: {name} does not match its sha256 in metadata")
-    request, rows = (torch.export.load(path / name).module() for name in _PROGRAMS)
+    request, rows = (_Program(path / name) for name in _PROGRAMS)
+    for name, program in (("request", request), ("rows", rows)):
+        if name in programs:
+            program.load()
     return ServingModel(
         spec=load_spec(path / "spec.yaml"),
         heads=list(metadata["heads"]),
         metadata=metadata,
-        request=_no_grad(request),
-        rows=_no_grad(rows),
+        request=request,
+        rows=rows,
     )
 
 

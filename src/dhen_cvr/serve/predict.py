@@ -152,5 +152,9 @@ def predict(
         raise DhenCvrError("give exactly one of --run or --artefact")
     if threads:
         torch.set_num_threads(threads)
-    model = load_artefact(artefact) if artefact is not None else load_serving_model(run)  # type: ignore[arg-type]
+    if artefact is not None:
+        model = load_artefact(artefact, programs=("rows",))
+    else:
+        assert run is not None
+        model = load_serving_model(run)
     return predict_with(model, data, days, out, keep=keep, batch_size=batch_size)
