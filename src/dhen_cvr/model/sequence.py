@@ -310,8 +310,7 @@ class SequenceTower(nn.Module):
         for kind in self.token_kinds:
             if kind == "match":
                 assert self.match is not None
-                wide = _broadcast_rows(seq, n) if B != n else seq
-                pooled.append(self.match(wide, candidates).to(h.dtype))
+                pooled.append(self.match(seq, candidates).to(h.dtype))
             elif T == 0:
                 pooled.append(h.new_zeros(B, h.shape[-1]))
             elif kind == "last":
