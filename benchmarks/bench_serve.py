@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,10 @@ def random_request(spec: FeatureSpec, n: int, seed: int = 0) -> dict[str, Any]:
     sequences = {}
     for s in spec.sequences:
         ts = np.sort(now - rng.integers(60, 60 * 86400, s.max_len)).tolist()
-        items = {fld.name: rng.integers(0, fld.vocab_size or 1000, s.max_len).tolist() for fld in s.fields}
+        items = {
+            fld.name: rng.integers(0, fld.vocab_size or 1000, s.max_len).tolist()
+            for fld in s.fields
+        }
         sequences[s.name] = {"timestamps": ts, **items}
     return {
         "request_time": now,
@@ -128,7 +132,9 @@ def _checkpoint(model: CVRModel, run: Path) -> Path:
 
     spec = model.data_spec
     n = len(spec.dense)
-    stats = MinMaxStats([f.name for f in spec.dense], [0.0] * n, [5.0] * n, [f.log1p for f in spec.dense])
+    stats = MinMaxStats(
+        [f.name for f in spec.dense], [0.0] * n, [5.0] * n, [f.log1p for f in spec.dense]
+    )
     model.set_dense_stats(stats)
     config = ExperimentConfig.from_dict({"model": model.config.model_dump(mode="json")})
     save_checkpoint(
@@ -148,6 +154,37 @@ def _bf16_supported() -> bool:
     return False
 
 
+def _variants(
+    rows: ServedCVRModel,
+    request: ServedCVRModel,
+    exported: Callable[..., torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+    per_row: tuple[torch.Tensor, ...],
+    bf16: bool,
+) -> dict[str, Callable[[], Any]]:
+    """The timed calls at one N (see the module docstring)."""
+
+    def in_bf16() -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return request(*inputs)
+
+    out: dict[str, Callable[[], Any]] = {
+        "rows": partial(rows, *per_row),
+        "request": partial(request, *inputs),
+        "exported": partial(exported, *inputs),
+    }
+    if bf16:
+        out["bf16"] = in_bf16
+    return out
+
+
+def _encode(schema: Any, spec: FeatureSpec, body: dict[str, Any]) -> Any:
+    """The HTTP-side work of one request: validation and the request encoder."""
+    from dhen_cvr.serve.encode import encode_request
+
+    return encode_request(spec, schema.dump(schema.model.model_validate(body)))
+
+
 def latency(args: argparse.Namespace, work: Path) -> None:
     from dhen_cvr.serve.artefact import served_spec
     from dhen_cvr.serve.encode import encode_request
@@ -163,10 +200,14 @@ def latency(args: argparse.Namespace, work: Path) -> None:
         request = ServedCVRModel(model, probabilities=True, one_user=True).eval()
         start = time.perf_counter()
         exported = _export_request(model, work / name)
-        print(f"\n{name}: sequences cut at {model.sequence_max_lens} items; "
-              f"export + load {time.perf_counter() - start:.0f} s")  # fmt: skip
-        header = (f"{'N':>5} {'variant':<9} {'p50 ms':>9} {'p99 ms':>9} {'wall p50':>9} "
-                  f"{'samples':>7}   rows/this p50")  # fmt: skip
+        print(
+            f"\n{name}: sequences cut at {model.sequence_max_lens} items; "
+            f"export + load {time.perf_counter() - start:.0f} s"
+        )
+        header = (
+            f"{'N':>5} {'variant':<9} {'p50 ms':>9} {'p99 ms':>9} {'wall p50':>9} "
+            f"{'samples':>7}   rows/this p50"
+        )
         print(header)
         schema = RequestSchema(served, max(args.candidates))
         for n in args.candidates:
@@ -174,28 +215,16 @@ def latency(args: argparse.Namespace, work: Path) -> None:
             plain = schema.dump(schema.model.model_validate(body))
             inputs = encode_request(served, plain)
             per_row = _repeated(inputs, len(served.sequences))
-            variants: dict[str, Callable[[], Any]] = {
-                "rows": lambda per_row=per_row: rows(*per_row),
-                "request": lambda inputs=inputs: request(*inputs),
-                "exported": lambda inputs=inputs: exported(*inputs),
-            }
-            if bf16:
-
-                def in_bf16(inputs: tuple[torch.Tensor, ...] = inputs) -> Any:
-                    with torch.autocast("cpu", dtype=torch.bfloat16):
-                        return request(*inputs)
-
-                variants["bf16"] = in_bf16
-            variants["encode"] = lambda body=body: encode_request(
-                served, schema.dump(schema.model.model_validate(body))
-            )
+            variants = _variants(rows, request, exported, inputs, per_row, bf16)
+            variants["encode"] = partial(_encode, schema, served, body)
             with torch.inference_mode():
                 for fn in variants.values():
                     fn()  # warm-up
                 # repeats per round so that a round takes ~budget per variant
                 probe = {k: max(_samples(fn, 1)[0][1], 0.01) for k, fn in variants.items()}
                 reps = {
-                    k: int(np.clip(args.budget_ms / ms, 1, args.max_repeats)) for k, ms in probe.items()
+                    k: int(np.clip(args.budget_ms / ms, 1, args.max_repeats))
+                    for k, ms in probe.items()
                 }
                 samples: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
                 for _ in range(args.rounds):  # interleaved
@@ -205,8 +234,10 @@ def latency(args: argparse.Namespace, work: Path) -> None:
             for k, pairs in samples.items():
                 cpu, wall = [c for _, c in pairs], [w for w, _ in pairs]
                 ratio = "" if k in ("rows", "encode") else f"{base / _pct(cpu, 50):8.2f}x"
-                print(f"{n:5d} {k:<9} {_pct(cpu, 50):9.1f} {_pct(cpu, 99):9.1f} "
-                      f"{_pct(wall, 50):9.1f} {len(pairs):7d}   {ratio}")  # fmt: skip
+                print(
+                    f"{n:5d} {k:<9} {_pct(cpu, 50):9.1f} {_pct(cpu, 99):9.1f} "
+                    f"{_pct(wall, 50):9.1f} {len(pairs):7d}   {ratio}"
+                )
 
 
 # ---- load test ----------------------------------------------------------------------------
@@ -236,7 +267,12 @@ async def _load(url: str, body: dict[str, Any], clients: int, seconds: float) ->
         began = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         elapsed = time.perf_counter() - began
-    return {"requests": len(latencies), "errors": errors, "seconds": elapsed, "latencies": latencies}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": elapsed,
+        "latencies": latencies,
+    }
 
 
 def load_test(args: argparse.Namespace, work: Path) -> None:
@@ -252,8 +288,18 @@ def load_test(args: argparse.Namespace, work: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     log = open(work / "server.log", "w")  # noqa: SIM115
     server = subprocess.Popen(
-        [sys.executable, "-m", "dhen_cvr.cli", "serve", "--artefact", str(art), "--port", str(port),
-         "--threads", "1"],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dhen_cvr.cli",
+            "serve",
+            "--artefact",
+            str(art),
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -275,13 +321,19 @@ def load_test(args: argparse.Namespace, work: Path) -> None:
         server.wait(timeout=30)
         log.close()
     lat = result["latencies"]
-    print(f"\nload test: tiny artefact, 1 user x {args.load_candidates} candidates, "
-          f"{args.clients} concurrent clients, {result['seconds']:.1f} s, server 1 thread")  # fmt: skip
-    print(f"  requests ok {result['requests']}, errors {sum(result['errors'].values())} "
-          f"{result['errors'] or ''}")  # fmt: skip
+    print(
+        f"\nload test: tiny artefact, 1 user x {args.load_candidates} candidates, "
+        f"{args.clients} concurrent clients, {result['seconds']:.1f} s, server 1 thread"
+    )
+    print(
+        f"  requests ok {result['requests']}, errors {sum(result['errors'].values())} "
+        f"{result['errors'] or ''}"
+    )
     if lat:
-        print(f"  throughput {result['requests'] / result['seconds']:.1f} req/s, latency p50 "
-              f"{_pct(lat, 50):.1f} ms, p99 {_pct(lat, 99):.1f} ms")  # fmt: skip
+        print(
+            f"  throughput {result['requests'] / result['seconds']:.1f} req/s, latency p50 "
+            f"{_pct(lat, 50):.1f} ms, p99 {_pct(lat, 99):.1f} ms"
+        )
 
 
 def _free_port() -> int:
@@ -309,8 +361,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load-candidates", type=int, default=100)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} thread(s), configs from {CONFIGS}")  # fmt: skip
+    print(
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} thread(s), configs from {CONFIGS}"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         if not args.skip_latency:
             latency(args, Path(tmp))

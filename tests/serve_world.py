@@ -114,10 +114,19 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dhen_cvr.cli", "serve", "--artefact", str(artefact),
-             "--port", str(self.port), *extra],  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "dhen_cvr.cli",
+                "serve",
+                "--artefact",
+                str(artefact),
+                "--port",
+                str(self.port),
+                *extra,
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -63,7 +63,9 @@ def test_score_equals_the_in_process_model(
     out = response.json()
     assert out["heads"] == ["checkout", "add_to_cart", "signup"]
     assert out["request_time"] == body["request_time"] and len(out["scores"]) == 12
-    got = torch.tensor([[row[h] for h in out["heads"]] for row in out["scores"]], dtype=torch.float64)
+    got = torch.tensor(
+        [[row[h] for h in out["heads"]] for row in out["scores"]], dtype=torch.float64
+    )
     schema = RequestSchema(eager.spec, MAX_CANDIDATES)
     inputs = encode_request(eager.spec, schema.dump(schema.model.model_validate(body)))
     torch.testing.assert_close(got, eager.request(*inputs).double(), rtol=1e-5, atol=1e-6)
@@ -170,11 +172,25 @@ def test_every_request_is_logged_as_one_json_line(server: Server, body: dict[str
 def test_schemathesis_finds_no_server_error(server: Server) -> None:
     """Property-based requests from the OpenAPI schema (coverage and fuzzing phases):
     every one answered, none with a 5xx."""
-    schemathesis = shutil.which("schemathesis") or str(Path(sys.executable).with_name("schemathesis"))
+    schemathesis = shutil.which("schemathesis") or str(
+        Path(sys.executable).with_name("schemathesis")
+    )
     done = subprocess.run(
-        [schemathesis, "run", server.url + "/openapi.json", "--checks", "not_a_server_error",
-         "--max-examples", "30", "--seed", "1", "--generation-database", "none",
-         "--request-timeout", "30"],  # fmt: skip
+        [
+            schemathesis,
+            "run",
+            server.url + "/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "30",
+            "--seed",
+            "1",
+            "--generation-database",
+            "none",
+            "--request-timeout",
+            "30",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -44,10 +44,20 @@ def _reference(days: list[Path]) -> np.ndarray:
 def test_predict_from_the_artefact_equals_the_run_and_the_reader(tmp_path: Path) -> None:
     world = served_world()
     done = cli(
-        "predict", "--artefact", str(world.artefact), "--data", str(world.world),
-        "--days", "2-3", "--out", str(tmp_path / "pred"), "--keep", "user_id,ts,ad_id",
-        "--batch-size", "300",
-    )  # fmt: skip
+        "predict",
+        "--artefact",
+        str(world.artefact),
+        "--data",
+        str(world.world),
+        "--days",
+        "2-3",
+        "--out",
+        str(tmp_path / "pred"),
+        "--keep",
+        "user_id,ts,ad_id",
+        "--batch-size",
+        "300",
+    )
     assert done.returncode == 0, done.stderr
     eager = predict(world.world, "2-3", tmp_path / "eager", run=world.run, keep=["user_id", "ts"])
     days = sorted(world.world.glob("dt=*"))[1:]
@@ -84,9 +94,18 @@ def test_predict_scores_data_without_labels(tmp_path: Path) -> None:
 def test_predict_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     world = served_world()
     done = cli(
-        "predict", "--run", str(world.run), "--data", str(world.world), "--days", "3",
-        "--out", str(tmp_path / "pred"), "--keep", "no_such_column",
-    )  # fmt: skip
+        "predict",
+        "--run",
+        str(world.run),
+        "--data",
+        str(world.world),
+        "--days",
+        "3",
+        "--out",
+        str(tmp_path / "pred"),
+        "--keep",
+        "no_such_column",
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "no_such_column" in done.stderr and not (tmp_path / "pred").exists()
     day = sorted(world.world.glob("dt=*"))[2]

@@ -59,7 +59,9 @@ def predict(
     ] = None,
     keep: Annotated[
         str | None,
-        typer.Option("--keep", help="comma-separated input columns to copy (default: user id, time)"),
+        typer.Option(
+            "--keep", help="comma-separated input columns to copy (default: user id, time)"
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="rows per forward")] = 4096,
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,

@@ -229,7 +229,9 @@ class _Program:
             return module(*inputs)
 
 
-def load_artefact(path: str | Path, programs: tuple[str, ...] = ("request", "rows")) -> ServingModel:
+def load_artefact(
+    path: str | Path, programs: tuple[str, ...] = ("request", "rows")
+) -> ServingModel:
     """Load an exported artefact (checks its format and every file's sha256); the named
     ``programs`` are loaded now, the others on first use (the server needs ``request``
     only, batch scoring ``rows`` only)."""

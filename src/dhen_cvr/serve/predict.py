@@ -97,7 +97,9 @@ def predict_with(
                 check_schema(schema, spec, str(path))
                 missing = [c for c in keep if schema.get_field_index(c) < 0]
                 if missing:
-                    raise DataError(f"missing column {missing[0]!r} (asked for by --keep)", file=str(path))
+                    raise DataError(
+                        f"missing column {missing[0]!r} (asked for by --keep)", file=str(path)
+                    )
                 present = [c for c in optional if c in pf.schema_arrow.names]
                 columns = list(dict.fromkeys(needed + present + keep))
                 first = 0

@@ -42,7 +42,7 @@ from dhen_cvr.data.spec import (
     SequenceFeature,
 )
 
-__all__ = ["RequestSchema", "ScoreResponse", "build_request_schema"]
+__all__ = ["RequestSchema", "ScoreResponse"]
 
 Number = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
 RawId = StrictInt | StrictStr
@@ -112,7 +112,7 @@ class RequestSchema:
             for f in spec.features
             if not isinstance(f, SequenceFeature) and f.category != FeatureCategory.candidate
         ]
-        sequences = {
+        sequences: dict[str, Any] = {
             f"s{i}": (_sequence_model(s) | None, Field(default=None, alias=s.name))
             for i, s in enumerate(spec.sequences)
         }
