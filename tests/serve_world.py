@@ -61,12 +61,8 @@ def served_world() -> ServedWorld:
     """World (3 days), a run trained on day 1, its artefact made by ``dhen-cvr export``."""
     from dhen_cvr.train import train
 
-    dev = os.environ.get("DEV_SERVE_CACHE")
-    if dev and (Path(dev) / "art").is_dir():
-        return ServedWorld(Path(dev) / "world", Path(dev) / "run", Path(dev) / "art")
-    root = Path(dev) if dev else Path(tempfile.mkdtemp(prefix="dhen-cvr-serve-tests-"))
-    if not dev:
-        atexit.register(shutil.rmtree, root, True)
+    root = Path(tempfile.mkdtemp(prefix="dhen-cvr-serve-tests-"))
+    atexit.register(shutil.rmtree, root, True)
     world = make_world(root / "world", SMALL_WORLD)
     train(tiny_config(), world, "1", root / "run", show_progress=False)
     done = cli("export", "--run", str(root / "run"), "--out", str(root / "art"))
