@@ -20,6 +20,9 @@ from dhen_cvr.serve.encode import encode_request
 from dhen_cvr.serve.schema import RequestSchema
 from serve_world import cli, data_rows, request_from_rows, served_world
 
+# The shared run + artefact (serve_world.served_world) takes ~1-2 min to build once.
+pytestmark = pytest.mark.slow
+
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 

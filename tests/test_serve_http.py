@@ -24,6 +24,9 @@ from dhen_cvr.serve.encode import encode_request
 from dhen_cvr.serve.schema import RequestSchema
 from serve_world import Server, data_rows, request_from_rows, served_world
 
+# The shared run + artefact (serve_world.served_world) takes ~1-2 min to build once.
+pytestmark = pytest.mark.slow
+
 MAX_CANDIDATES = 50
 
 

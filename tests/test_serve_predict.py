@@ -20,6 +20,9 @@ from dhen_cvr.serve.artefact import served_spec
 from dhen_cvr.serve.predict import predict
 from serve_world import cli, served_world
 
+# The shared run + artefact (serve_world.served_world) takes ~1-2 min to build once.
+pytestmark = pytest.mark.slow
+
 HEADS = ["checkout", "add_to_cart", "signup"]
 
 
