@@ -26,6 +26,7 @@ _COMMAND_MODULES = [
     "dhen_cvr.cli.eval",
     "dhen_cvr.cli.study",
     "dhen_cvr.cli.baseline",
+    "dhen_cvr.cli.serve",
 ]
 
 app = typer.Typer(

@@ -26,7 +26,7 @@ from dhen_cvr.model.output import ModelOutput, SequenceEncoding
 from dhen_cvr.model.sequence import SequenceEncoders
 from dhen_cvr.model.tokens import EmbeddingTables, FeatureTokenizer
 
-__all__ = ["KEEP_HEAD", "CVRModel", "ServedCVRModel"]
+__all__ = ["KEEP_HEAD", "CVRModel", "ServedCVRModel", "flat_inputs"]
 
 KEEP_HEAD = "any_keep_label"
 
@@ -201,15 +201,21 @@ class ServedCVRModel(nn.Module):
       ``B x T x n_fields`` (fields in spec order), ``time`` float ``B x T x 2``,
       ``lengths`` long ``B`` (rows right-padded; the mask is ``arange(T) < lengths``).
 
-    :meth:`flat_inputs` builds this tuple from a :class:`Batch`. The model runs in the mode
-    it is in; call ``.eval()`` first.
+    :meth:`flat_inputs` (or :func:`flat_inputs`, from the spec alone) builds this tuple
+    from a :class:`Batch`. With ``one_user=True`` the rows are ``N`` candidates of one
+    request and each sequence has one row (``ids 1 x T x n_fields``, ``time 1 x T x 2``,
+    ``lengths 1``), scored by :meth:`CVRModel.score_candidates` (the user side once).
+    The model runs in the mode it is in; call ``.eval()`` first.
     """
 
-    def __init__(self, model: CVRModel, *, probabilities: bool = False) -> None:
+    def __init__(
+        self, model: CVRModel, *, probabilities: bool = False, one_user: bool = False
+    ) -> None:
         super().__init__()
         self.model = model
         spec = model.spec
         self.probabilities = probabilities
+        self.one_user = one_user
         self.negative_rate = float(spec.sampling.negative_rate)
         self.pretrained = [(f.name, f.dim) for f in spec.pretrained]
         self.categorical = [f.name for f in spec.categorical]
@@ -227,18 +233,7 @@ class ServedCVRModel(nn.Module):
 
     def flat_inputs(self, batch: Batch) -> tuple[Tensor, ...]:
         """The positional inputs of :meth:`forward` for ``batch``."""
-        B = len(batch)
-        pretrained = [batch.pretrained[name].float() for name, _ in self.pretrained]
-        categorical = [batch.categorical[name] for name in self.categorical]
-        out: list[Tensor] = [
-            batch.dense.float(),
-            torch.cat(pretrained, 1) if pretrained else batch.dense.new_zeros(B, 0),
-            torch.stack(categorical, 1) if categorical else batch.dense.new_zeros(B, 0).long(),
-        ]
-        for name, fields in self.sequence_fields:
-            seq = batch.sequences[name]
-            out += [torch.stack([seq.ids[f] for f in fields], -1), seq.time, seq.lengths]
-        return tuple(out)
+        return flat_inputs(self.model.spec, batch)
 
     def forward(
         self, dense: Tensor, pretrained: Tensor, categorical: Tensor, *sequences: Tensor
@@ -256,7 +251,10 @@ class ServedCVRModel(nn.Module):
                 mask=mask,
                 lengths=lengths,
             )
-        out = self.model.encode(dense, pre, cat, seqs, ssl=False)
+        if self.one_user:
+            out = self.model.score_candidates(dense, pre, cat, seqs)
+        else:
+            out = self.model.encode(dense, pre, cat, seqs, ssl=False)
         served = out.logits.index_select(1, self.served)
         if not self.probabilities:
             return served
@@ -264,3 +262,20 @@ class ServedCVRModel(nn.Module):
         p = torch.sigmoid(served)
         any_keep = p if out.keep_logit is None else torch.sigmoid(out.keep_logit)[:, None]
         return r * p / (1 - (1 - r) * any_keep)
+
+
+def flat_inputs(spec: FeatureSpec, batch: Batch) -> tuple[Tensor, ...]:
+    """The positional inputs of :meth:`ServedCVRModel.forward` for ``batch``, from the
+    model's spec (:attr:`CVRModel.spec`) alone: no model needed (an exported artefact)."""
+    B = batch.dense.shape[0]
+    pretrained = [batch.pretrained[f.name].float() for f in spec.pretrained]
+    categorical = [batch.categorical[f.name] for f in spec.categorical]
+    out: list[Tensor] = [
+        batch.dense.float(),
+        torch.cat(pretrained, 1) if pretrained else batch.dense.new_zeros(B, 0),
+        torch.stack(categorical, 1) if categorical else batch.dense.new_zeros(B, 0).long(),
+    ]
+    for s in spec.sequences:
+        seq = batch.sequences[s.name]
+        out += [torch.stack([seq.ids[f.name] for f in s.fields], -1), seq.time, seq.lengths]
+    return tuple(out)

@@ -81,26 +81,33 @@ class CandidateMatchCounts(nn.Module):
         return [f"{f}={c}" for f, c in self.pairs]
 
     def features(self, seq: SequenceBatch, candidates: dict[str, Tensor]) -> Tensor:
-        """``B x num_features`` (before the projection), float32."""
-        valid = seq.mask
-        age = torch.expm1(seq.time[..., 1].float()).clamp(min=0.0)  # B x T seconds
-        match = [valid] + [
+        """``B x num_features`` (before the projection), float32. ``seq`` may have one row
+        against ``B`` candidate rows (one user's request): the user-only parts (ages,
+        splits, kernels) are then computed once."""
+        valid = seq.mask  # b x T, b = 1 or B
+        rows = max([valid.shape[0]] + [candidates[c].shape[0] for _, c in self.pairs])
+        age = torch.expm1(seq.time[..., 1].float()).clamp(min=0.0)  # b x T seconds
+        match = [valid.expand(rows, -1)] + [
             valid & (seq.ids[f] == candidates[c][:, None]) for f, c in self.pairs
         ]  # M x (B x T)
         m = torch.stack(match, dim=-1).float()  # B x T x M
         split = [torch.ones_like(age)]
-        for f, rows in self.splits:
-            values = torch.arange(1, rows, device=age.device)
+        for f, rows_f in self.splits:
+            values = torch.arange(1, rows_f, device=age.device)
             split.extend((seq.ids[f][..., None] == values).float().unbind(-1))
-        s = torch.stack(split, dim=-1)  # B x T x S
-        w = torch.exp(-age[..., None] * self.rates)  # B x T x K
-        counts = torch.einsum("btm,bts,btk->bmsk", m, s, w).flatten(1)
+        s = torch.stack(split, dim=-1)  # b x T x S
+        w = torch.exp(-age[..., None] * self.rates)  # b x T x K
+        sw = torch.einsum("bts,btk->btsk", s, w).flatten(2)  # b x T x (S K), user only
+        if sw.shape[0] == 1 and rows != 1:
+            counts = torch.einsum("ntm,tq->nmq", m, sw[0]).flatten(1)
+        else:
+            counts = torch.einsum("btm,btq->bmq", m, sw).flatten(1)
         parts = [torch.log1p(counts) * 0.25]
         if self.pairs and age.shape[1] == 0:
-            parts.append(age.new_ones(age.shape[0], len(self.pairs)))
+            parts.append(age.new_ones(rows, len(self.pairs)))
         elif self.pairs:
             horizon = math.log1p(_MAX_AGE_S)
-            scaled = (torch.log1p(age) / horizon).clamp(max=1.0)[..., None]  # B x T x 1
+            scaled = (torch.log1p(age) / horizon).clamp(max=1.0)[..., None]  # b x T x 1
             last = torch.where(m[..., 1:] > 0, scaled, torch.ones_like(scaled)).amin(dim=1)
             parts.append(last)
         return torch.cat(parts, dim=1)

@@ -172,7 +172,13 @@ class TargetAttentionPooling(nn.Module):
         self.scale = 1.0 / math.sqrt(d_model)
 
     def forward(self, h: Tensor, valid: Tensor, query: Tensor) -> Tensor:
+        """``h`` and ``valid`` may have one row against ``B`` query rows (one user's
+        sequence against ``B`` candidates: ``B x T`` scores, no ``B``-fold copy of ``h``)."""
         q = self.query(query).to(h.dtype)
+        if h.shape[0] == 1 and q.shape[0] != 1:
+            scores = (q @ h[0].T).float() * self.scale
+            weights = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=1)
+            return weights.to(h.dtype) @ h[0]
         scores = torch.einsum("btd,bd->bt", h, q) * self.scale
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # bf16 -> fp32
         weights = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=1)
@@ -201,6 +207,10 @@ class GatedTargetAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(d_model // heads)
 
     def forward(self, h: Tensor, valid: Tensor, query: Tensor, age_days: Tensor) -> Tensor:
+        """``h``, ``valid`` and ``age_days`` may have one row against ``B`` query rows (one
+        user against ``B`` candidates): keys are then computed once, not ``B`` times."""
+        if h.shape[0] == 1 and query.shape[0] != 1:
+            return self._one_user(h[0], valid[0], query, age_days[0])
         B, T, d = h.shape
         q = self.query(query).to(h.dtype).view(B, self.heads, -1)  # B x J x d_j
         k = self.key(h).view(B, T, self.heads, -1)  # B x T x J x d_j
@@ -209,6 +219,18 @@ class GatedTargetAttention(nn.Module):
         gates = torch.sigmoid(scores) * torch.exp(-decay) * valid[..., None]  # B x T x J
         v = h.view(B, T, self.heads, -1)
         return torch.einsum("btj,btjd->bjd", gates.to(h.dtype), v).reshape(B, d)
+
+    def _one_user(self, h: Tensor, valid: Tensor, query: Tensor, age_days: Tensor) -> Tensor:
+        """:meth:`forward` for ``h: T x d``, ``valid``/``age_days: T``, ``query: N x d_q``."""
+        T, d = h.shape
+        N = query.shape[0]
+        q = self.query(query).to(h.dtype).view(N, self.heads, -1)  # N x J x d_j
+        k = self.key(h).view(T, self.heads, -1)  # T x J x d_j, once per request
+        scores = torch.einsum("tjd,njd->ntj", k, q).float() * self.scale + self.gate_bias
+        decay = torch.nn.functional.softplus(self.decay) * age_days.float()[:, None]  # T x J
+        gates = torch.sigmoid(scores) * (torch.exp(-decay) * valid[:, None])  # N x T x J
+        v = h.view(T, self.heads, -1)
+        return torch.einsum("ntj,tjd->njd", gates.to(h.dtype), v).reshape(N, d)
 
 
 class SequenceTower(nn.Module):
@@ -277,8 +299,12 @@ class SequenceTower(nn.Module):
         self, h: Tensor, seq: SequenceBatch, query: Tensor, candidates: dict[str, Tensor]
     ) -> Tensor:
         """Encoder outputs ``B x T x d_model`` -> ``B x k x D`` tokens (empty rows: learned;
-        ``candidates``: the candidate ad's categorical ids, for the ``match`` token)."""
+        ``candidates``: the candidate ad's categorical ids, for the ``match`` token).
+
+        One user against ``N`` candidates: ``h`` and ``seq`` with one row, ``query`` and
+        ``candidates`` with ``N``; the user-only tokens are computed once and broadcast."""
         B, T, _ = h.shape
+        n = query.shape[0]
         empty_row = seq.lengths == 0
         pooled: list[Tensor] = []
         for kind in self.token_kinds:
@@ -302,7 +328,7 @@ class SequenceTower(nn.Module):
                     pooled.append(self.pool(h, seq.mask, query, age_days))
                 else:
                     pooled.append(self.pool(h, valid, query))
-        stacked = torch.stack(pooled, dim=1)  # B x k x d_model
+        stacked = torch.stack([p.expand(n, -1) for p in pooled], dim=1)  # N x k x d_model
         stacked = torch.where(empty_row[:, None, None], self.empty.to(stacked.dtype), stacked)
         return self.token_proj(stacked)
 
@@ -396,7 +422,7 @@ class SequenceEncoders(nn.Module):
 
         The user side (item embeddings, the Transformer encoders) runs once; only the
         candidate-dependent pooling (target attention, ``match``) runs per candidate, on
-        the encoder outputs broadcast to ``N`` rows (no copy). Equal to :meth:`forward` on
+        one user row against ``N`` query rows (keys and user-only tokens once). Equal to :meth:`forward` on
         the user's row repeated ``N`` times. ``query``: ``N x D``; ``candidates``: ids ``N``.
         """
         tokens: list[Tensor] = []
@@ -407,8 +433,7 @@ class SequenceEncoders(nn.Module):
                     f"sequence {name!r}: expected one user row, got {seq.mask.shape[0]}"
                 )
             wide = _broadcast_rows(seq, num_candidates)
-            h = x.expand(num_candidates, -1, -1)
-            tokens.append(self.tower(name).tokens(h, wide, self._query(query, wide), candidates))
+            tokens.append(self.tower(name).tokens(x, seq, self._query(query, wide), candidates))
         return torch.cat(tokens, dim=1) if tokens else None
 
     def _encode(
