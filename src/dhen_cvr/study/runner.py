@@ -124,6 +124,7 @@ def run_study(
     extra_overrides: list[str] | None = None,
     only: list[str] | None = None,
     show_progress: bool = True,
+    spec: str | Path | None = None,
 ) -> StudyResult:
     """Train + evaluate every (variant, seed) not already done, then summarise."""
     out = Path(out)
@@ -162,7 +163,7 @@ def run_study(
             if variant in study.baselines:
                 print(f"[study] {variant} (baseline) seed {seed} -> {run}", flush=True)
                 gbdt = load_baseline_config(None, study.baseline_overrides(variant, seed))
-                train_baseline(data, train_days, eval_days, run, gbdt, overwrite=True)
+                train_baseline(data, train_days, eval_days, run, gbdt, overwrite=True, spec=spec)
                 continue
             config = load_experiment_config(
                 study.base, study.overrides(variant, seed, extra_overrides)
@@ -176,6 +177,7 @@ def run_study(
                 eval_days=eval_days,
                 resume=True,
                 show_progress=show_progress,
+                spec=spec,
             )
     return summarize(out, study)
 

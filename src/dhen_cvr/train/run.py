@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from dhen_cvr.config import ExperimentConfig, load_experiment_config
-from dhen_cvr.data.spec import FeatureSpec, load_spec
+from dhen_cvr.data.spec import FeatureSpec, load_data_spec
 from dhen_cvr.data.stats import MinMaxStats, fit_minmax_stats
 from dhen_cvr.days import day_name, resolve_days, select_days
 from dhen_cvr.errors import DhenCvrError
@@ -42,7 +42,7 @@ __all__ = ["TrainingPlan", "plan_training", "run_training", "train"]
 class TrainingPlan:
     """Where a run starts: its folder, config, data, days, and a checkpoint to load
     (restored in full when resuming, weights only for a warm start), and whether the run
-    folder is new."""
+    folder is new. ``spec``: a feature spec outside the data folder (``--spec``)."""
 
     run: Path
     config: ExperimentConfig
@@ -51,6 +51,7 @@ class TrainingPlan:
     checkpoint: Checkpoint | None
     new_run: bool
     warm_start: bool = True
+    spec: Path | None = None
 
 
 def plan_training(
@@ -61,6 +62,7 @@ def plan_training(
     *,
     init_from: str | Path | None = None,
     resume: bool = False,
+    spec: str | Path | None = None,
 ) -> TrainingPlan:
     """Resolve what :func:`train` would do, reading nothing but configs, day folders and
     checkpoints (arguments as for :func:`train`)."""
@@ -74,7 +76,7 @@ def plan_training(
         plan = TrainingPlan(run, config, data_path, resolve_days(data_path, train_days), None, True)
         if init_from is not None:
             plan = replace(plan, checkpoint=load_checkpoint(init_from))
-    return plan
+    return plan if spec is None else replace(plan, spec=Path(spec))
 
 
 def run_training(
@@ -90,7 +92,7 @@ def run_training(
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
     ctx = init_distributed(config.train.device)
-    spec = load_spec(plan.data / "spec.yaml")
+    spec = load_data_spec(plan.data, plan.spec)
     if plan.checkpoint is not None:
         _check_compatible(plan.checkpoint, config, spec)
     if plan.new_run:
@@ -191,5 +193,5 @@ def _check_compatible(checkpoint: Checkpoint, config: ExperimentConfig, spec: Fe
     if checkpoint.spec.embedding_tables() != spec.embedding_tables():
         raise DhenCvrError(
             f"checkpoint {checkpoint.path} was trained on a spec with different embedding "
-            "tables than the data's spec.yaml"
+            "tables than the data's spec"
         )
