@@ -49,7 +49,15 @@ from dhen_cvr.errors import DhenCvrError
 __all__ = ["ColumnProfile", "SpecDraft", "draft_spec", "profile_columns"]
 
 HASH_ABOVE = 2_000_000  # ids at or above this (max id + 1) are hashed, not given a row each
-_TIME_NAMES = ("ts", "timestamp", "request_time", "request_ts", "time", "event_time", "impression_time")
+_TIME_NAMES = (
+    "ts",
+    "timestamp",
+    "request_time",
+    "request_ts",
+    "time",
+    "event_time",
+    "impression_time",
+)
 _USER_NAMES = ("user_id", "uid", "userid", "user")
 _INCLUSION = re.compile(r"(sample|sampling|inclusion|keep)_?(rate|prob|probability|weight)?$")
 _SEQ_TIME = re.compile(r"^(?P<prefix>.+?)_(ts|time|times|timestamp|timestamps)$")
@@ -59,9 +67,15 @@ _LABEL_WORDS = {
     "subscribe", "label", "target", "like", "share", "follow", "download",
 }  # fmt: skip
 _CTR_WORDS = {"click", "clicked", "ctr"}
-_CANDIDATE = re.compile(r"(^|_)(ad|ads|advertiser|item|campaign|creative|product|offer|cand|candidate|adgroup)(_|$)")
-_CONTEXT = re.compile(r"(^|_)(hour|day|weekday|dow|device|os|page|slot|position|pos|placement|context|surface|app|browser|network|req|request)(_|$)")
-_DEMOGRAPHIC = re.compile(r"(^|_)(age|gender|sex|country|city|region|language|lang|locale|zip|state|income|occupation)(_|$)")
+_CANDIDATE = re.compile(
+    r"(^|_)(ad|ads|advertiser|item|campaign|creative|product|offer|cand|candidate|adgroup)(_|$)"
+)
+_CONTEXT = re.compile(
+    r"(^|_)(hour|day|weekday|dow|device|os|page|slot|position|pos|placement|context|surface|app|browser|network|req|request)(_|$)"
+)
+_DEMOGRAPHIC = re.compile(
+    r"(^|_)(age|gender|sex|country|city|region|language|lang|locale|zip|state|income|occupation)(_|$)"
+)
 _COUNTING = re.compile(r"(^n_|^num_|_num_|count|cnt|_n_|^total_|_total$|_\d+d$)")
 
 
@@ -292,9 +306,7 @@ def _sequence_groups(
     for name, p in lists.items():
         if name in used:
             continue
-        owner = max(
-            (pre for pre in groups if name.startswith(pre + "_")), key=len, default=None
-        )
+        owner = max((pre for pre in groups if name.startswith(pre + "_")), key=len, default=None)
         if owner is not None and (_is_int(p.value_type) or _is_str(p.value_type)):
             groups[owner][1].append(name)
         else:
@@ -323,7 +335,9 @@ def draft_spec(root: str | Path, *, max_files: int = 200, name: str | None = Non
 
     # request time and user id
     times = [
-        p for p in profiles if not _is_list(p.type) and (pa.types.is_timestamp(p.type) or _is_int(p.type))
+        p
+        for p in profiles
+        if not _is_list(p.type) and (pa.types.is_timestamp(p.type) or _is_int(p.type))
     ]
     request = next((p for p in times if p.name.lower() in _TIME_NAMES), None)
     request_note = "named like a request time"
@@ -332,7 +346,10 @@ def draft_spec(root: str | Path, *, max_files: int = 200, name: str | None = Non
             (
                 p
                 for p in times
-                if _is_int(p.type) and p.lo is not None and p.hi is not None and 1e9 <= p.lo <= p.hi < 4e9
+                if _is_int(p.type)
+                and p.lo is not None
+                and p.hi is not None
+                and 1e9 <= p.lo <= p.hi < 4e9
             ),
             None,
         )
@@ -389,7 +406,11 @@ def draft_spec(root: str | Path, *, max_files: int = 200, name: str | None = Non
             )
             break
     weight = next(
-        (p for p in profiles if p.name not in taken and p.name.lower() in ("weight", "sample_weight")),
+        (
+            p
+            for p in profiles
+            if p.name not in taken and p.name.lower() in ("weight", "sample_weight")
+        ),
         None,
     )
     if weight is not None:
@@ -400,10 +421,14 @@ def draft_spec(root: str | Path, *, max_files: int = 200, name: str | None = Non
     vectors = {
         n: p
         for n, p in lists.items()
-        if (_is_float(p.value_type) and (pa.types.is_fixed_size_list(p.type) or len(p.lengths) == 1))
+        if (
+            _is_float(p.value_type) and (pa.types.is_fixed_size_list(p.type) or len(p.lengths) == 1)
+        )
     }
     groups, left = _sequence_groups({n: p for n, p in lists.items() if n not in vectors})
-    seq_entries: list[tuple[str, str, list[str]]] = [(k, ts, flds) for k, (ts, flds) in groups.items()]
+    seq_entries: list[tuple[str, str, list[str]]] = [
+        (k, ts, flds) for k, (ts, flds) in groups.items()
+    ]
     for n in left:
         p = lists[n]
         reason = "a list column with no matching <prefix>_ts timestamp list"
@@ -432,19 +457,21 @@ def draft_spec(root: str | Path, *, max_files: int = 200, name: str | None = Non
     members: dict[str, list[str]] = {}
     for f, t in table.items():
         members.setdefault(t, []).append(f)
-    mapping: dict[str, tuple[dict[str, Any], str]] = {f: _id_mapping(p) for f, (_, p) in id_cols.items()}
+    mapping: dict[str, tuple[dict[str, Any], str]] = {
+        f: _id_mapping(p) for f, (_, p) in id_cols.items()
+    }
     for t, cols in members.items():
         if len(cols) < 2:
             table.pop(cols[0])
             continue
         maps = [mapping[c][0] for c in cols]
         if all("vocab_size" in m for m in maps):
-            n = max(m["vocab_size"] for m in maps)
-            shared: dict[str, Any] = {"vocab_size": n}
-            why = f"vocab_size {n} = largest id seen among them + 1"
+            size = max(m["vocab_size"] for m in maps)
+            shared: dict[str, Any] = {"vocab_size": size}
+            why = f"vocab_size {size} = largest id seen among them + 1"
         else:
-            n = max(m.get("hash_buckets", 0) for m in maps) or 1 << 20
-            shared, why = {"hash_buckets": n}, f"hashed into {n} buckets"
+            size = max(m.get("hash_buckets", 0) for m in maps) or 1 << 20
+            shared, why = {"hash_buckets": size}, f"hashed into {size} buckets"
         for c in cols:
             own = mapping[c]
             others = ", ".join(x for x in cols if x != c)

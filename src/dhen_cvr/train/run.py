@@ -32,6 +32,7 @@ from dhen_cvr.runtime.run_folder import (
     read_run_folder,
     write_run_folder,
 )
+from dhen_cvr.train.data_notes import report_data_notes
 from dhen_cvr.train.recalibrate import recalibrate_heads
 from dhen_cvr.train.trainer import BatchHook, Trainer, TrainResult
 
@@ -102,6 +103,8 @@ def run_training(
             warm_from = None if plan.checkpoint is None else plan.checkpoint.path
             days = [day_name(d) for d in plan.days]
             write_run_folder(run, RunInfo(config, plan.data, days, warm_from))
+    if ctx.is_main:
+        report_data_notes(run, spec, config, plan.days)  # cuts and defaults, said out loud
     if plan.checkpoint is not None:
         stats = MinMaxStats.from_dict(plan.checkpoint.dense_stats)
     else:
