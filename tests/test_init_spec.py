@@ -13,9 +13,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from byo_data import write_foreign_logs
 from typer.testing import CliRunner
 
+from byo_data import write_foreign_logs
 from dhen_cvr.cli import app
 from dhen_cvr.data.init_spec import draft_spec
 from dhen_cvr.data.spec import (
