@@ -406,7 +406,8 @@ def train_baseline(
     ``OUT/run.json`` (data, days, ``kind: gbdt``, features, seconds, per-model rows and
     trees), ``OUT/models/<head>.txt`` (LightGBM model files; ``any-keep.txt`` for the
     any-keep-label model) and ``OUT/feature_importance.csv`` (gain per feature and
-    model). ``log`` receives a few progress lines."""
+    model). ``log`` receives a few progress lines. ``spec``: the feature spec when it is
+    not the data folder's ``_spec.yaml``."""
     start = time.perf_counter()
     say = log or (lambda _text: None)
     config = config or BaselineConfig()

@@ -140,6 +140,7 @@ def run_study(
             {
                 **study.model_dump(),
                 "data": str(data),
+                "spec": None if spec is None else str(spec),
                 "train_days": train_days,
                 "eval_days": eval_days,
                 "extra_overrides": extra_overrides or [],

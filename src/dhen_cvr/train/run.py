@@ -138,6 +138,7 @@ def train(
     show_progress: bool = True,
     on_batch: BatchHook | None = None,
     extra_columns: Sequence[str] = (),
+    spec: str | Path | None = None,
 ) -> TrainResult:
     """Train a model on ``train_days`` of ``data`` into run folder ``out``.
 
@@ -148,8 +149,11 @@ def train(
     ``out`` from its newest checkpoint; ``config``, ``data`` and ``train_days`` are then
     read from the run folder (if given they must match). A ``resume`` of a run folder
     that does not exist yet starts it, so a scheduler can always pass ``resume=True``.
+    ``spec``: the feature spec when it is not the data folder's ``_spec.yaml``.
     """
-    plan = plan_training(config, data, train_days, out, init_from=init_from, resume=resume)
+    plan = plan_training(
+        config, data, train_days, out, init_from=init_from, resume=resume, spec=spec
+    )
     return run_training(
         plan, show_progress=show_progress, on_batch=on_batch, extra_columns=extra_columns
     )
