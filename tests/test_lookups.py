@@ -159,3 +159,26 @@ def test_train_and_evaluate_with_a_spec_outside_the_data_folder(
     missing = runner.invoke(app, ["train", "--config", "tiny", "--data", str(data),
                                   "--train-days", "1", "--out", str(tmp_path / "r2")])  # fmt: skip
     assert "has no _spec.yaml (or spec.yaml); pass --spec PATH" in str(missing.exception)
+
+
+@pytest.mark.parametrize("scale", [1, 10**12, -1])  # dense keys, sparse keys, negative keys
+def test_lookup_attribute_matches_a_dict(tmp_path: Path, scale: int) -> None:
+    from dhen_cvr.data.lookup import lookup_attribute
+    from dhen_cvr.data.spec import LookupSpec
+
+    rng = np.random.default_rng(3)
+    keys = rng.permutation(5000)[:3000] * scale
+    attr = rng.integers(0, 50, len(keys))
+    path = tmp_path / "side.parquet"
+    pq.write_table(pa.table({"k": keys, "a": attr}), path)
+    lookup = LookupSpec(name="t", path=str(path), key="k", columns=["a"])
+    ids = [*rng.choice(keys, 200).tolist(), *(rng.integers(0, 5000, 50) * scale).tolist(),
+           None, -7, 10**15]  # fmt: skip
+    want = dict(zip(keys.tolist(), attr.tolist(), strict=True))
+    got = lookup_attribute(pa.array(ids, pa.int64()), lookup, "a").to_pylist()
+    assert got == [want.get(i) for i in ids]
+    names = pa.array([str(k) for k in keys])
+    pq.write_table(pa.table({"k": names, "a": attr}), path)
+    asked = pa.array([str(i) if i is not None else None for i in ids])
+    got = lookup_attribute(asked, lookup, "a").to_pylist()
+    assert got == [want.get(i) for i in ids]
