@@ -46,6 +46,7 @@ def write_foreign_logs(root: Path, days: int = 4, rows: int = 600, seed: int = 0
             pa.table(
                 {
                     "event_time": pa.array(t, pa.int64()),
+                    "request_id": pa.array(d * rows + np.arange(rows), pa.int64()),
                     "uid": pa.array(uid, pa.int64()),
                     "age": pa.array(rng.uniform(18, 70, rows), pa.float32()),
                     "n_orders_30d": pa.array(rng.poisson(2, rows).astype(np.float64)),

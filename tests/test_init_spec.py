@@ -79,7 +79,8 @@ def test_draft_of_a_foreign_parquet_folder(foreign: Path) -> None:
     assert view.max_len == 8 and view.fields[1].hash_buckets is not None
     assert {view.fields[0].table, cart.fields[0].table} == {"item"}  # shared with item_id
     assert [(lb.name, lb.serve) for lb in spec.labels] == [("click", False), ("purchase", True)]
-    assert [d.split(" ")[0] for d in draft.dropped] == ["debug"]
+    assert [d.split(" ")[0] for d in draft.dropped] == ["request_id", "debug"]
+    assert "request_id (looks like a per-row id" in draft.text
     notes = guessed_notes(draft.text)
     for name in [*by_name, "view_item", "view_cat", "cart_item", "click", "purchase"]:
         assert notes.get(name), f"no '# guessed:' comment on {name}"
@@ -179,7 +180,7 @@ def test_four_commands_from_a_foreign_parquet_folder(tmp_path: Path, foreign: Pa
         assert result.exit_code == 0, (args[0], result.output, result.exception)
         outputs.append(result.output)
     assert "4 files, 4 row groups, 2400 rows: OK" in outputs[1]
-    assert "are not in the spec and not read: debug" in outputs[2]
+    assert "are not in the spec and not read: request_id, debug" in outputs[2]
     assert "purchase" in outputs[3] and "day 2026-01-04" in outputs[3]
     notes = json.loads((run / "data_notes.json").read_text())["notes"]
     assert [n["kind"] for n in notes] == ["unused_columns"]

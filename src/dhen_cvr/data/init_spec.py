@@ -59,6 +59,12 @@ _TIME_NAMES = (
     "impression_time",
 )
 _USER_NAMES = ("user_id", "uid", "userid", "user")
+_NOT_FEATURES = {  # name pattern -> why it is left out (a day key or a per-row id)
+    re.compile(r"^(dt|date|day|ds|partition|part)$"): "looks like the day partition",
+    re.compile(r"(^|_)(request|impression|imp|event|row|log|trace|session)_?id$"): (
+        "looks like a per-row id (an embedding of it learns nothing that generalises)"
+    ),
+}
 _INCLUSION = re.compile(r"(sample|sampling|inclusion|keep)_?(rate|prob|probability|weight)?$")
 _SEQ_TIME = re.compile(r"^(?P<prefix>.+?)_(ts|time|times|timestamp|timestamps)$")
 _LABEL_WORDS = {
@@ -415,6 +421,12 @@ def draft_spec(root: str | Path, *, max_files: int = 200, name: str | None = Non
     )
     if weight is not None:
         taken.add(weight.name)
+
+    for p in profiles:
+        skip = next((w for rx, w in _NOT_FEATURES.items() if rx.search(p.name.lower())), None)
+        if p.name not in taken and skip is not None:
+            taken.add(p.name)
+            dropped.append(f"{p.name} ({skip})")
 
     # sequences
     lists = {p.name: p for p in profiles if p.name not in taken and _is_list(p.type)}
