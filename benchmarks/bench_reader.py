@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from dhen_cvr.data.decode import parquet_files
 from dhen_cvr.data.reader import ParquetBatchStream, make_loader
-from dhen_cvr.data.spec import FeatureSpec, load_spec
+from dhen_cvr.data.spec import FeatureSpec, load_data_spec
 from dhen_cvr.data.writer import day_dirs
 
 
@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     tmp = tempfile.TemporaryDirectory(prefix="bench-reader-")
     root = args.data or Path(tmp.name) / "world"
     gen_rate = None
-    if not (root / "spec.yaml").exists():
+    if not day_dirs(root):
         gen_rate = _generate(root, args)
-    spec = load_spec(root / "spec.yaml")
+    spec = load_data_spec(root)
     days = day_dirs(root)
     files = parquet_files(days)
     columns = _reader_columns(spec, files[0])

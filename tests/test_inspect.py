@@ -14,8 +14,9 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from dhen_cvr.data.inspect import format_report, inspect_dataset
+from dhen_cvr.data.spec import SpecError
 from dhen_cvr.data.synth import HEADS, WorldConfig, WorldSummary, synthesize
-from dhen_cvr.errors import DataError, DhenCvrError
+from dhen_cvr.errors import DataError
 
 CONFIG = WorldConfig(users=150, days=2, impressions_per_day=8000, history_days=10, seed=5)
 
@@ -30,7 +31,7 @@ def test_report_matches_direct_computation(world: tuple[Path, WorldSummary]) -> 
     out, summary = world
     report = inspect_dataset(out)
     assert report.heads == list(HEADS)
-    assert report.population_source == "world.json"
+    assert report.population_source == "_world.json"
     assert [d.day for d in report.days] == CONFIG.day_names
     for day, stats in zip(report.days, summary.days, strict=True):
         t = pq.read_table(out / f"dt={day.day}")
@@ -65,7 +66,7 @@ def test_population_rates_are_estimated_without_world_json(
     out, _ = world
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    (copy / "world.json").unlink()
+    (copy / "_world.json").unlink()
     report, exact = inspect_dataset(copy), inspect_dataset(out)
     assert report.population_source.startswith("estimated")
     for day, exact_day in zip(report.days, exact.days, strict=True):
@@ -87,8 +88,8 @@ def test_missing_column_and_missing_spec_are_clear_errors(
     pq.write_table(pq.read_table(part).drop_columns(["match_ts"]), part)
     with pytest.raises(DataError, match=r"part-00000\.parquet.*column 'match_ts'"):
         inspect_dataset(broken)
-    (broken / "spec.yaml").unlink()
-    with pytest.raises(DhenCvrError, match=r"no spec\.yaml"):
+    (broken / "_spec.yaml").unlink()
+    with pytest.raises(SpecError, match=r"no _spec\.yaml .*init-spec"):
         inspect_dataset(broken)
 
 

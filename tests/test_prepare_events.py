@@ -149,10 +149,10 @@ def test_dropped_rows_are_counted_exactly_per_reason(tmp_path: Path) -> None:
         "out_of_window": 2,
     }
     assert report.examples == 3
-    saved = json.loads((tmp_path / "out" / "quality.json").read_text())
+    saved = json.loads((tmp_path / "out" / "_quality.json").read_text())
     assert saved["rows_dropped"]["unknown_event_type"] == 3
     assert saved["rows_dropped_total"] == 11
-    assert "unknown_event_type 3" in (tmp_path / "out" / "quality.txt").read_text()
+    assert "unknown_event_type 3" in (tmp_path / "out" / "_quality.txt").read_text()
     assert [d.name for d in day_dirs(tmp_path / "out")] == ["dt=2023-11-14", "dt=2023-11-15"]
 
 
@@ -263,7 +263,7 @@ def test_bucket_count_does_not_change_the_examples(tmp_path: Path) -> None:
         out = tmp_path / f"out{k}"
         prepare_events(log, m, out, options=StreamingOptions(buckets=k, chunk_rows=16))
         results.append(sorted(canonical(r, m) for r in read_rows(out)))
-        assert load_spec(out / "spec.yaml").label_names == ["buy"]
+        assert load_spec(out / "_spec.yaml").label_names == ["buy"]
     assert results[0] == results[1]
 
 
@@ -293,7 +293,7 @@ def test_negative_sampling_and_downsampling(tmp_path: Path) -> None:
     c = report.counters
     assert len(got) == c["exposures"] + c["sampled_negatives"] - c["downsampled_away"]
     assert c["sampled_negatives"] + c["negatives_rejected"] == 2 * c["exposures"]
-    spec = load_spec(out / "spec.yaml")
+    spec = load_spec(out / "_spec.yaml")
     assert spec.sampling.negative_rate == 0.5 and spec.sampling.inclusion_column == "sample_rate"
     assert spec.labels[1].mask == "view" and not spec.labels[0].serve
     # a sampled negative's category count is computed for its own category
@@ -442,7 +442,7 @@ def test_taobao_preset_on_the_public_sample(
     assert report.dropped["out_of_window"] == len(taobao_rows) - len(inside) > 0
     assert sum(report.dropped.values()) == report.dropped["out_of_window"]
     assert report.examples == sum(r[3] == "pv" for r in inside)
-    spec = load_spec(out / "spec.yaml")
+    spec = load_spec(out / "_spec.yaml")
     assert spec.label_names == ["cart", "fav", "buy"]
     assert [s.name for s in spec.sequences] == ["org", "intent", "conv"]
     assert set(spec.source_columns()) <= set(
@@ -454,7 +454,7 @@ def test_taobao_preset_on_the_public_sample(
     ]
     got = sorted(canonical(r, m) for r in read_rows(out))
     assert got == naive_examples(inside, m)
-    quality = json.loads((out / "quality.json").read_text())
+    quality = json.loads((out / "_quality.json").read_text())
     assert quality["rows_dropped"]["out_of_window"] == report.dropped["out_of_window"]
     assert quality["labels"]["buy"]["positives"] == report.positives["buy"] > 0
 

@@ -47,7 +47,7 @@ def test_aliccp_preset_three_files_become_three_days(
     report = prepare_table(ali_ccp_files, aliccp(), out)
     days = day_dirs(out)
     assert [d.name for d in days] == ["dt=2024-01-01", "dt=2024-01-02", "dt=2024-01-03"]
-    spec = load_spec(out / "spec.yaml")
+    spec = load_spec(out / "_spec.yaml")
     assert spec.sequences == [] and spec.user_id == "f101"
     click, purchase = spec.labels
     assert (click.name, click.serve, click.mask) == ("click", False, None)
@@ -80,7 +80,7 @@ def test_aliccp_preset_three_files_become_three_days(
 def test_entire_space_formulation_has_no_mask(tmp_path: Path, ali_ccp_files: list[Path]) -> None:
     out = tmp_path / "es"
     prepare_table(ali_ccp_files[:1], aliccp(), out, formulation="entire_space")
-    assert load_spec(out / "spec.yaml").labels[1].mask is None
+    assert load_spec(out / "_spec.yaml").labels[1].mask is None
 
 
 def test_purchase_without_click_is_a_data_error_naming_the_row(

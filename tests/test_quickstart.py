@@ -14,7 +14,7 @@ from train_world import TINY_WORLD, tiny_config
 def test_quickstart_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "qs"
     result = quickstart(out, world=TINY_WORLD, config=tiny_config(), show_progress=False)
-    assert (out / MARKER).is_file() and (out / "data" / "spec.yaml").is_file()
+    assert (out / MARKER).is_file() and (out / "data" / "_spec.yaml").is_file()
     assert result.train.run == out / "run" and (out / "run" / "eval.json").is_file()
     assert result.report.days == ["2026-01-04"]  # trained on days 1-3, evaluated on day 4
     for head in result.report.heads:

@@ -153,7 +153,7 @@ def test_reads_the_synthetic_world(tmp_path: Path) -> None:
     synth.synthesize(
         out, synth.WorldConfig(days=2, users=200, impressions_per_day=2000, seed=0, max_seq_len=20)
     )
-    spec = load_spec(out / "spec.yaml")
+    spec = load_spec(out / "_spec.yaml")
     from dhen_cvr.data.writer import day_dirs
 
     stream = ParquetBatchStream(day_dirs(out), spec, batch_size=256)

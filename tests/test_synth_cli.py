@@ -22,7 +22,7 @@ def test_synth_then_inspect(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "2026-01-02" in result.output and "oracle ROC-AUC" in result.output
     assert [d.name for d in day_dirs(out)] == ["dt=2026-01-01", "dt=2026-01-02"]
-    assert all(s.max_len == 12 for s in load_spec(out / "spec.yaml").sequences)
+    assert all(s.max_len == 12 for s in load_spec(out / "_spec.yaml").sequences)
 
     result = runner.invoke(app, ["inspect", str(out)])
     assert result.exit_code == 0, result.output

@@ -51,7 +51,7 @@ def _flat(t: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def test_rates_before_sampling(world: tuple[Path, WorldSummary]) -> None:
     out, summary = world
-    recorded = WorldSummary.model_validate_json((out / "world.json").read_text())
+    recorded = WorldSummary.model_validate_json((out / "_world.json").read_text())
     assert recorded == summary
     for day in summary.days:
         assert 0.005 <= day.rate("click") <= 0.05, day
@@ -75,7 +75,7 @@ def test_sampling_rate_matches_observed_keep_rate(world: tuple[Path, WorldSummar
 
 def test_sequences_are_before_the_impression_and_ordered(world: tuple[Path, WorldSummary]) -> None:
     out, _ = world
-    spec = load_spec(out / "spec.yaml")
+    spec = load_spec(out / "_spec.yaml")
     t = _all(out)
     ts = t["ts"].to_numpy()
     for seq in spec.sequences:
@@ -234,14 +234,14 @@ def test_sequences_carry_signal_a_pooled_linear_model_misses(
 
 def test_spec_loads_and_covers_every_non_oracle_column(world: tuple[Path, WorldSummary]) -> None:
     out, _ = world
-    spec = load_spec(out / "spec.yaml")
+    spec = load_spec(out / "_spec.yaml")
     assert spec == world_spec(CONFIG)
     written = set(pq.read_schema(next((out / f"dt={CONFIG.day_names[0]}").glob("*.parquet"))).names)
     oracle = {c for c in written if c.startswith(spec.oracle_prefix)}
     assert oracle == {f"oracle_{h}" for h in spec.label_names}
     assert written - oracle == set(spec.source_columns()) | {"user_id"}
     assert spec.sampling.negative_rate == CONFIG.negative_rate
-    assert json.loads((out / "world.json").read_text())["config"] == CONFIG.model_dump()
+    assert json.loads((out / "_world.json").read_text())["config"] == CONFIG.model_dump()
 
 
 TINY = WorldConfig(users=80, days=2, impressions_per_day=3000, history_days=10, seed=3)

@@ -37,7 +37,7 @@ def test_warm_start_loads_yesterdays_weights(data: Path, tmp_path: Path) -> None
     # At load: exactly yesterday's weights, which training moved away from the init.
     trainer = Trainer(
         tiny_config(),
-        load_spec(data / "spec.yaml"),
+        load_spec(data / "_spec.yaml"),
         MinMaxStats.from_dict(ckpt.dense_stats),
         tmp_path / "x",
         init_distributed("cpu"),

@@ -188,7 +188,7 @@ def test_mlm_heads_train_on_the_clean_pass(data: Path) -> None:
     config = tiny_config(
         "loss.ssl.objective=mlm", "model.sequence.causal=false", "loss.ssl.mlm_mask_prob=0.5"
     )
-    spec = load_spec(data / "spec.yaml")
+    spec = load_spec(data / "_spec.yaml")
     torch.manual_seed(0)
     model = CVRModel(spec, config.model).eval()
     supervised = MultiTaskBCELoss.from_config(config.loss, spec.label_names)

@@ -67,7 +67,7 @@ def align_row_groups(src: Path, dst: Path, rows_per_group: int, *, odd_over_days
     if odd_over_days and sum(groups[:odd_over_days]) % 2 == 0:
         groups[0] -= 1
     dst.mkdir(parents=True)
-    shutil.copy(src / "spec.yaml", dst / "spec.yaml")
+    shutil.copy(src / "_spec.yaml", dst / "_spec.yaml")
     for day, table, n in zip(days, tables, groups, strict=True):
         (dst / day.name).mkdir()
         pq.write_table(

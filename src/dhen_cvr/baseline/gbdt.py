@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from dhen_cvr.baseline.aggregates import FeatureBuilder, FeatureConfig
 from dhen_cvr.data.decode import parquet_files
 from dhen_cvr.data.reader import ParquetBatchStream, make_loader
-from dhen_cvr.data.spec import FeatureSpec, load_spec
+from dhen_cvr.data.spec import FeatureSpec, load_data_spec
 from dhen_cvr.days import day_name, resolve_days
 from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.eval import EvalReport, ScoreAccumulator
@@ -398,6 +398,7 @@ def train_baseline(
     *,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
+    spec: str | Path | None = None,
 ) -> EvalReport:
     """Fit the GBDT baseline on ``train_days`` of ``data`` and evaluate on ``eval_days``.
 
@@ -405,7 +406,8 @@ def train_baseline(
     ``OUT/run.json`` (data, days, ``kind: gbdt``, features, seconds, per-model rows and
     trees), ``OUT/models/<head>.txt`` (LightGBM model files; ``any-keep.txt`` for the
     any-keep-label model) and ``OUT/feature_importance.csv`` (gain per feature and
-    model). ``log`` receives a few progress lines."""
+    model). ``log`` receives a few progress lines. ``spec``: the feature spec when it is
+    not the data folder's ``_spec.yaml``."""
     start = time.perf_counter()
     say = log or (lambda _text: None)
     config = config or BaselineConfig()
@@ -414,14 +416,16 @@ def train_baseline(
     train_dirs, eval_dirs = resolve_days(data, train_days), resolve_days(data, eval_days)
     _check_days(train_dirs, eval_dirs)
     _check_out(out, overwrite)
-    spec = load_spec(data / "spec.yaml")
+    feature_spec = load_data_spec(data, spec)
     builder = FeatureBuilder(
-        spec, config.features, request_time=_integer_request_time(train_dirs + eval_dirs, spec)
+        feature_spec,
+        config.features,
+        request_time=_integer_request_time(train_dirs + eval_dirs, feature_spec),
     )
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    frames = [_read_day(d, spec, builder, config.batch_size) for d in train_dirs]
+    frames = [_read_day(d, feature_spec, builder, config.batch_size) for d in train_dirs]
     train = _Frame.concat(frames)
     seconds["read_train"] = time.perf_counter() - t0
     say(
@@ -432,19 +436,19 @@ def train_baseline(
     t0 = time.perf_counter()
     valid_rows, how = _valid_rows([len(f) for f in frames], config)
     models: dict[str, _Fitted] = {}
-    for target in _targets(train, spec):
+    for target in _targets(train, feature_spec):
         models[target.name] = _fit(target, train, valid_rows, builder, config)
         say(f"  {target.name}: {models[target.name].info['trees']} trees")
     seconds["fit"] = time.perf_counter() - t0
     say(f"fitted {len(models)} models, early stopping on {how} ({seconds['fit']:.1f} s)")
 
     t0 = time.perf_counter()
-    heads = spec.label_names
-    keep = spec.keep_label_names
-    acc = ScoreAccumulator(heads, spec)
+    heads = feature_spec.label_names
+    keep = feature_spec.keep_label_names
+    acc = ScoreAccumulator(heads, feature_spec)
     rows_per_day: dict[str, int] = {}
     for day in eval_dirs:
-        frame = _read_day(day, spec, builder, config.batch_size)
+        frame = _read_day(day, feature_spec, builder, config.batch_size)
         p = np.stack([_predict(models, h, frame.x) for h in heads], axis=1)
         any_sampled = None
         if ANY_KEEP in models:

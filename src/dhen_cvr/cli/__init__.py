@@ -20,6 +20,7 @@ from dhen_cvr.errors import DhenCvrError, DhenCvrWarning
 
 _COMMAND_MODULES = [
     "dhen_cvr.cli.data",
+    "dhen_cvr.cli.spec",
     "dhen_cvr.cli.prepare",
     "dhen_cvr.cli.model",
     "dhen_cvr.cli.train",

@@ -8,6 +8,7 @@ import typer
 
 __all__ = ["register"]
 
+SPEC_HELP = "feature spec YAML (default: the data folder's _spec.yaml or spec.yaml)"
 _DAYS_HELP = "days by 1-based index or date: '1-5', '6', '1-3,5', '2026-01-01..2026-01-05'"
 
 
@@ -16,12 +17,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("baseline")
     def baseline_command(
-        data: Path = typer.Option(..., "--data", help="data folder with dt=*/ days and spec.yaml"),
+        data: Path = typer.Option(..., "--data", help="data folder with dt=*/ days"),
         train_days: str = typer.Option(..., "--train-days", help=_DAYS_HELP),
         eval_days: str = typer.Option(
             ..., "--eval-days", help=f"{_DAYS_HELP}; must not overlap --train-days"
         ),
         out: Path = typer.Option(..., "--out", help="run folder to create"),
+        spec: Path | None = typer.Option(None, "--spec", help=SPEC_HELP),
         config: Path | None = typer.Option(
             None, "--config", "-c", help="baseline config YAML (e.g. configs/baselines/gbdt.yaml)"
         ),
@@ -58,5 +60,6 @@ def register(app: typer.Typer) -> None:
             cfg,
             overwrite=overwrite,
             log=None if quiet else typer.echo,
+            spec=spec,
         )
         typer.echo(format_report(report))

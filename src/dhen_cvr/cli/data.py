@@ -9,15 +9,19 @@ import typer
 from pydantic import ValidationError
 
 from dhen_cvr.data.inspect import format_report, inspect_dataset
-from dhen_cvr.data.spec import load_spec
+from dhen_cvr.data.spec import load_data_spec
 from dhen_cvr.data.synth import WorldConfig, synthesize
 from dhen_cvr.data.validate import validate_dataset
 from dhen_cvr.data.writer import day_dirs
 from dhen_cvr.errors import DhenCvrError
 
+SPEC_HELP = "feature spec YAML (default: the data folder's _spec.yaml or spec.yaml)"
+
 
 def synth(
-    out: Annotated[Path, typer.Option("--out", help="Output folder (dt=YYYY-MM-DD/ + spec.yaml).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder (dt=YYYY-MM-DD/ + _spec.yaml).")
+    ],
     days: Annotated[int, typer.Option(help="Logged days of impressions.")] = 14,
     users: Annotated[int, typer.Option(help="Number of users.")] = 2000,
     impressions_per_day: Annotated[
@@ -47,25 +51,24 @@ def synth(
         raise DhenCvrError(f"invalid world settings: {problems}") from None
     summary = synthesize(out, config, overwrite=overwrite)
     typer.echo(summary.format())
-    typer.echo(f"wrote {out} (spec.yaml, world.json)")
+    typer.echo(f"wrote {out} (_spec.yaml, _world.json)")
 
 
 def inspect(
-    root: Annotated[Path, typer.Argument(help="A data set folder with spec.yaml.")],
+    root: Annotated[Path, typer.Argument(help="A data set folder (dt=*/ day folders).")],
+    spec: Annotated[Path | None, typer.Option(help=SPEC_HELP)] = None,
 ) -> None:
     """Rows per day, label rates before/after sampling, sequence lengths, oracle AUCs."""
-    typer.echo(format_report(inspect_dataset(root)))
+    typer.echo(format_report(inspect_dataset(root, load_data_spec(root, spec))))
 
 
 def validate(
     root: Annotated[Path, typer.Argument(help="A data set folder (dt=*/ day folders).")],
-    spec: Annotated[
-        Path | None, typer.Option(help="Feature spec YAML (default: ROOT/spec.yaml).")
-    ] = None,
+    spec: Annotated[Path | None, typer.Option(help=SPEC_HELP)] = None,
     max_errors: Annotated[int, typer.Option(help="Stop listing after this many.")] = 100,
 ) -> None:
     """Check every file, row group and column against the spec; exit 1 on any problem."""
-    feature_spec = load_spec(spec or root / "spec.yaml")
+    feature_spec = load_data_spec(root, spec)
     sources = day_dirs(root) or [root]
     report = validate_dataset(sources, feature_spec, max_errors=max_errors)
     typer.echo(report.summary())

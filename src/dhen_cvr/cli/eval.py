@@ -8,6 +8,8 @@ import typer
 
 __all__ = ["register"]
 
+SPEC_HELP = "feature spec YAML (default: the data folder's _spec.yaml or spec.yaml)"
+
 
 def register(app: typer.Typer) -> None:
     """Add ``evaluate`` to the top-level app."""
@@ -23,6 +25,7 @@ def register(app: typer.Typer) -> None:
             None, "--baseline", help="another run: adds its metrics and the relative lift"
         ),
         batch_size: int | None = typer.Option(None, "--batch-size", help="rows per batch"),
+        spec: Path | None = typer.Option(None, "--spec", help=SPEC_HELP),
     ) -> None:
         """Per-head next-day metrics (ROC-AUC, PR-AUC, log loss, calibration, oracle).
 
@@ -35,7 +38,9 @@ def register(app: typer.Typer) -> None:
         from dhen_cvr.runtime.distributed import is_main_process
         from dhen_cvr.runtime.run_folder import RUN_FILE
 
-        report = evaluate(run, data, days, baseline=baseline, batch_size=batch_size, save=False)
+        report = evaluate(
+            run, data, days, baseline=baseline, batch_size=batch_size, save=False, spec=spec
+        )
         if not is_main_process():
             return
         typer.echo(format_report(report))

@@ -73,7 +73,7 @@ def prepare_events_command(
         options=StreamingOptions(buckets=buckets, tmp_dir=tmp_dir),
     )
     typer.echo(report.to_text())
-    typer.echo(f"wrote {out} (spec.yaml, quality.json)")
+    typer.echo(f"wrote {out} (_spec.yaml, _quality.json)")
 
 
 def prepare_table_command(
@@ -120,7 +120,7 @@ def prepare_table_command(
     form: Formulation = "click_masked" if formulation == "click_masked" else "entire_space"
     report = prepare_table(csv, m, out, formulation=form, start_date=day, overwrite=overwrite)
     typer.echo(report.to_text())
-    typer.echo(f"wrote {out} (spec.yaml, quality.json)")
+    typer.echo(f"wrote {out} (_spec.yaml, _quality.json)")
 
 
 def register(app: typer.Typer) -> None:

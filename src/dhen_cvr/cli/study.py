@@ -8,6 +8,8 @@ import typer
 
 __all__ = ["register"]
 
+SPEC_HELP = "feature spec YAML (default: the data folder's _spec.yaml or spec.yaml)"
+
 
 def register(app: typer.Typer) -> None:
     """Add ``study`` to the top-level app."""
@@ -19,6 +21,7 @@ def register(app: typer.Typer) -> None:
         train_days: str = typer.Option(..., "--train-days", help="e.g. '1-5'"),
         eval_days: str = typer.Option(..., "--eval-days", help="e.g. '6'"),
         out: Path = typer.Option(..., "--out", help="study folder (finished runs are reused)"),
+        spec: Path | None = typer.Option(None, "--spec", help=SPEC_HELP),
         overrides: list[str] = typer.Option([], "--set", help="override for every run"),
         only: list[str] = typer.Option([], "--only", help="run only these variants"),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
@@ -35,6 +38,7 @@ def register(app: typer.Typer) -> None:
             extra_overrides=list(overrides),
             only=list(only) or None,
             show_progress=not quiet,
+            spec=spec,
         )
         typer.echo(result.markdown)
         typer.echo(f"summary: {result.out / 'summary.md'}")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the heavy imports happen when a command runs, not at CLI st
 __all__ = ["register"]
 
 _DAYS_HELP = "days by 1-based index or date: '1-10', '11', '1-3,5', '2026-01-01..2026-01-10'"
+SPEC_HELP = "feature spec YAML (default: the data folder's _spec.yaml or spec.yaml)"
 _SET_HELP = "override a config value, e.g. --set train.lr=3e-4 (repeatable)"
 
 
@@ -51,6 +52,7 @@ def register(app: typer.Typer) -> None:
         data: Path | None = typer.Option(None, "--data", help="data folder with dt=*/ days"),
         train_days: str | None = typer.Option(None, "--train-days", help=_DAYS_HELP),
         eval_days: str | None = typer.Option(None, "--eval-days", help=_DAYS_HELP),
+        spec: Path | None = typer.Option(None, "--spec", help=SPEC_HELP),
         init_from: Path | None = typer.Option(
             None, "--init-from", help="warm start from a run or checkpoint folder"
         ),
@@ -81,6 +83,7 @@ def register(app: typer.Typer) -> None:
             resume=resume,
             show_progress=not quiet,
             allow_in_sample_eval=allow_in_sample_eval,
+            spec=spec,
         )
         p = result.progress
         _echo_main(
@@ -98,6 +101,7 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., "--data", help="data folder with dt=*/ days"),
         warmup_days: str = typer.Option(..., "--warmup-days", help=_DAYS_HELP),
         incremental_days: str = typer.Option(..., "--incremental-days", help=_DAYS_HELP),
+        spec: Path | None = typer.Option(None, "--spec", help=SPEC_HELP),
         resume: bool = typer.Option(False, "--resume", help="continue unfinished steps"),
         overrides: list[str] = typer.Option([], "--set", help=_SET_HELP),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
@@ -109,7 +113,14 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_experiment_config(config, overrides)
         result = train_incremental(
-            cfg, data, warmup_days, incremental_days, out, resume=resume, show_progress=not quiet
+            cfg,
+            data,
+            warmup_days,
+            incremental_days,
+            out,
+            resume=resume,
+            show_progress=not quiet,
+            spec=spec,
         )
         for run in result.runs:
             if run.eval is not None:

@@ -31,8 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dhen_cvr.data.lookup import derive_time_ids, lookup_attribute
 from dhen_cvr.data.mapping import map_ids
-from dhen_cvr.data.spec import FeatureSpec, SequenceFeature
+from dhen_cvr.data.spec import CategoricalFeature, CategoricalField, FeatureSpec, SequenceFeature
 from dhen_cvr.errors import DataError
 
 __all__ = [
@@ -168,7 +169,8 @@ def _expected_columns(
             )
         )
     for c in spec.categorical:
-        out.append((c.source, f"categorical feature {c.name!r}", _is_id, _ID))
+        if c.derive is None:
+            out.append((c.source, f"categorical feature {c.name!r}", _is_id, _ID))
     for s in spec.sequences:
         out.append(
             (s.timestamp, f"sequence {s.name!r} timestamps", _list_of(_is_time), "a list of int64")
@@ -385,10 +387,40 @@ def _log_plus_one(x: np.ndarray) -> np.ndarray:
     return np.log(out, out=out)
 
 
+def map_id_column(
+    values: pa.Array, item: CategoricalFeature | CategoricalField, spec: FeatureSpec | None
+) -> np.ndarray:
+    """Embedding rows of flat raw ids, through the item's side-table lookup if it has one."""
+    found = None if spec is None else spec.lookup_of(item)
+    if found is not None:
+        values = lookup_attribute(values, *found)
+    return map_ids(values, item)
+
+
+def decode_categorical(
+    table: pa.Table, spec: FeatureSpec, request_time: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """name -> int64 ``N`` embedding rows of every categorical feature (derived ones from
+    the request time, lookups through their side table)."""
+    out: dict[str, np.ndarray] = {}
+    for c in spec.categorical:
+        if c.derive is not None:
+            rt = request_time if request_time is not None else np.zeros(table.num_rows, np.int64)
+            out[c.name] = map_ids(derive_time_ids(rt, c), c)
+        else:
+            out[c.name] = map_id_column(_column(table, c.source), c, spec)
+    return out
+
+
 def decode_sequence(
-    table: pa.Table, seq: SequenceFeature, request_time: np.ndarray, where: Location
+    table: pa.Table,
+    seq: SequenceFeature,
+    request_time: np.ndarray,
+    where: Location,
+    spec: FeatureSpec | None = None,
 ) -> SequenceColumns:
-    """The checked, mapped and time-featurised items of one sequence, cut to ``max_len``.
+    """The checked, mapped and time-featurised items of one sequence, cut to ``max_len``
+    (``spec``: the whole spec, for side-table lookups of its fields).
 
     Passes over the items are kept few: ascending order is checked on every item, then
     only each row's first item (>= 0) and last item (< request time) need checking.
@@ -460,7 +492,7 @@ def decode_sequence(
     time[:m, 1] = _log_plus_one(age)
     ids = np.zeros((len(seq.fields), m + 1), np.int64)
     for k, fld in enumerate(seq.fields):
-        ids[k, :m] = map_ids(fields[fld.name], fld)
+        ids[k, :m] = map_id_column(fields[fld.name], fld, spec)
     names = tuple(f.name for f in seq.fields)
     return SequenceColumns(fields=names, lengths=keep, starts=starts, ids=ids, time=time)
 
@@ -563,7 +595,7 @@ def decode_row_group(
     no_items = SequenceColumns((), empty, empty, empty, empty)
     request_time = attempt(None, decode_request_time, table, spec, where)
     sequences = {
-        s.name: attempt(no_items, decode_sequence, table, s, request_time, where)
+        s.name: attempt(no_items, decode_sequence, table, s, request_time, where, spec)
         for s in (spec.sequences if request_time is not None else [])
     }
     labels, label_mask = attempt((empty, empty), decode_labels, table, spec, where)
@@ -574,7 +606,7 @@ def decode_row_group(
             p.name: attempt(empty, decode_vectors, _column(table, p.source), p.dim, where, p.source)
             for p in spec.pretrained
         },
-        categorical={c.name: map_ids(_column(table, c.source), c) for c in spec.categorical},
+        categorical=attempt({}, decode_categorical, table, spec, request_time),
         sequences=sequences,
         labels=labels,
         label_mask=label_mask,

@@ -1,7 +1,7 @@
 """``dhen-cvr inspect``: a streaming summary of a day-partitioned data set.
 
 Per day: rows written, label rates after sampling and in the full population (exact from
-``world.json`` for synthetic worlds, else estimated by weighting rows with
+``_world.json`` for synthetic worlds, else estimated by weighting rows with
 ``1 / inclusion probability``), and — where the data has ``oracle_<head>`` columns — the
 oracle ROC-AUC / PR-AUC per head, weighted by ``1 / inclusion probability`` so they
 describe the population, not the sample. Over all days: sequence length percentiles.
@@ -22,11 +22,13 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from dhen_cvr.data.spec import FeatureSpec, load_spec
+from dhen_cvr.data.spec import FeatureSpec, load_data_spec
 from dhen_cvr.data.writer import day_dirs
 from dhen_cvr.errors import DataError, DhenCvrError
 
 __all__ = ["DatasetReport", "DayReport", "format_report", "inspect_dataset"]
+
+WORLD_FILES = ("_world.json", "world.json")  # the synthetic world summary, new name first
 
 PERCENTILES = (50, 90, 99)
 
@@ -51,7 +53,7 @@ class DatasetReport(BaseModel):
 
     root: str
     heads: list[str]
-    population_source: str  # "world.json" or "estimated from 1/inclusion probability"
+    population_source: str  # "_world.json" or "estimated from 1/inclusion probability"
     days: list[DayReport]
     sequence_lengths: dict[str, dict[str, float]]  # name -> {p50, p90, p99, max, mean}
 
@@ -120,9 +122,9 @@ def _metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> tuple[float | None,
 
 
 def _world_rates(root: Path) -> dict[str, dict[str, float]] | None:
-    """Exact pre-sampling rates per day from a synthetic world's ``world.json``."""
-    path = root / "world.json"
-    if not path.is_file():
+    """Exact pre-sampling rates per day from a synthetic world's ``_world.json`` (legacy: ``world.json``)."""
+    path = next((root / n for n in WORLD_FILES if (root / n).is_file()), None)
+    if path is None:
         return None
     days = json.loads(path.read_text()).get("days", [])
     return {
@@ -137,16 +139,14 @@ def _length_stats(parts: list[np.ndarray]) -> dict[str, float]:
 
 
 def inspect_dataset(root: Path, spec: FeatureSpec | None = None) -> DatasetReport:
-    """Summarise the data set at ``root`` (spec from ``root/spec.yaml`` unless given).
+    """Summarise the data set at ``root`` (spec from ``root/_spec.yaml`` unless given).
 
     Oracle metrics are reported for the heads whose ``<oracle_prefix><head>`` column is in
     the first file; every file must then have it.
     """
     root = Path(root)
     if spec is None:
-        if not (root / "spec.yaml").is_file():
-            raise DhenCvrError(f"{root} has no spec.yaml (is it a dhen-cvr data set?)")
-        spec = load_spec(root / "spec.yaml")
+        spec = load_data_spec(root)
     folders = day_dirs(root)
     files = {f: sorted(f.glob("*.parquet")) for f in folders}
     first = next((p for ps in files.values() for p in ps), None)
@@ -177,7 +177,7 @@ def inspect_dataset(root: Path, spec: FeatureSpec | None = None) -> DatasetRepor
     return DatasetReport(
         root=str(root),
         heads=spec.label_names,
-        population_source="world.json" if world else "estimated from 1/inclusion probability",
+        population_source="_world.json" if world else "estimated from 1/inclusion probability",
         days=reports,
         sequence_lengths={name: _length_stats(parts) for name, parts in lengths.items()},
     )

@@ -26,6 +26,37 @@ belongs to, so a whole category can be dropped by name)::
       - {name: checkout, mask: click}   # optional mask column: loss only where mask == 1
     sampling: {negative_rate: 0.05, inclusion_column: sample_rate}
 
+Side tables and derived features (no rewriting of the logs)::
+
+    lookups:                         # a Parquet file keyed by an id (path: relative to
+      - {name: items, path: items.parquet, key: item_id, columns: [topic, advertiser]}
+    features:                        # ... the spec's folder, or absolute)
+      - {name: ad_topic, role: categorical, category: candidate, column: ad_id,
+         lookup: items.topic, vocab_size: 24, table: topic}
+      - {name: hour, role: categorical, category: context, derive: hour_of_day}
+      - name: org                    # a sequence field may look its item up too
+        ...
+        fields:
+          - {name: org_topic, column: org_item, lookup: items.topic, vocab_size: 24, table: topic}
+
+``lookup: TABLE.COLUMN`` reads the id column (``column``, default the name), finds each id
+in the side table's ``key`` and takes ``COLUMN`` (an id missing from the side table is
+OOV). ``derive: hour_of_day | day_of_week`` computes the id from the request time (UTC
+shifted by ``utc_offset_hours``; Monday is 0) and needs no column.
+
+Categories decide what the paper's Figure 6 ablation drops (``train --set
+model.drop_categories=[...]``): ``demographic`` (who the user is: age, gender, country),
+``counting`` (how often the user did something: conversion counts), ``categorical``
+(other user ids: a predicted interest), ``pretrained`` (user embedding vectors),
+``sequence`` (behaviour sequences), ``candidate`` (the ad being scored: its id,
+advertiser, embedding; never dropped by the user-side ablation) and ``context`` (the
+request: hour, device, placement).
+
+The data folder keeps the spec in ``_spec.yaml`` (underscore-prefixed: pyarrow,
+DuckDB and Spark skip it when reading the folder); ``spec.yaml`` is still read, and
+every command takes ``--spec PATH`` to use a spec kept elsewhere
+(:func:`resolve_spec_path`).
+
 Roles: ``dense`` (float scalar), ``pretrained`` (fixed-size float vector),
 ``categorical`` (int or string id), ``sequence`` (list columns, one per item field, plus a
 timestamp list). Categories: ``demographic``, ``counting``, ``categorical``,
@@ -46,6 +77,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
+    "LEGACY_SPEC_FILE",
+    "SPEC_FILE",
     "USER_CATEGORIES",
     "CategoricalFeature",
     "CategoricalField",
@@ -53,12 +86,19 @@ __all__ = [
     "FeatureCategory",
     "FeatureSpec",
     "LabelSpec",
+    "LookupSpec",
     "PretrainedFeature",
     "SamplingSpec",
     "SequenceFeature",
     "SpecError",
+    "load_data_spec",
     "load_spec",
+    "resolve_spec_path",
 ]
+
+SPEC_FILE = "_spec.yaml"  # skipped by Parquet dataset readers (leading underscore)
+LEGACY_SPEC_FILE = "spec.yaml"
+DERIVED_VOCAB = {"hour_of_day": 24, "day_of_week": 7}
 
 
 class SpecError(ValueError):
@@ -95,6 +135,8 @@ class _IdMapping(_Strict):
     Row 0 is padding. ``table`` names a shared embedding table (e.g. ``item`` for the
     candidate ad id and every sequence's item field); members must map ids identically.
     ``embedding_dim`` overrides the model's default width for this table.
+    ``lookup: TABLE.COLUMN`` maps the column's ids through a side table of the spec's
+    ``lookups`` first (the id's attribute is what gets embedded).
     """
 
     name: str
@@ -102,6 +144,7 @@ class _IdMapping(_Strict):
     hash_buckets: int | None = Field(default=None, gt=0)
     table: str | None = None
     embedding_dim: int | None = Field(default=None, gt=0)
+    lookup: str | None = Field(default=None, pattern=r"^[^.]+\.[^.]+$")
 
     @model_validator(mode="after")
     def _one_mapping(self) -> _IdMapping:
@@ -158,11 +201,37 @@ class PretrainedFeature(_Strict):
 
 
 class CategoricalFeature(_IdMapping):
-    """An id (int or string) with a learned embedding."""
+    """An id (int or string) with a learned embedding; or, with ``derive``, an id
+    computed from the request time (``hour_of_day``: 0..23, ``day_of_week``: 0..6 with
+    Monday 0, in UTC shifted by ``utc_offset_hours``; ``vocab_size`` defaults to 24 / 7)."""
 
     role: Literal["categorical"]
     category: FeatureCategory
     column: str | None = None
+    derive: Literal["hour_of_day", "day_of_week"] | None = None
+    utc_offset_hours: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_vocab(cls, data: object) -> object:
+        if (
+            isinstance(data, dict)
+            and data.get("derive") in DERIVED_VOCAB
+            and data.get("vocab_size") is None
+            and data.get("hash_buckets") is None
+        ):
+            data = {**data, "vocab_size": DERIVED_VOCAB[data["derive"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _derived_has_no_column(self) -> CategoricalFeature:
+        if self.derive is not None and (self.column is not None or self.lookup is not None):
+            raise ValueError(
+                "a derived feature is computed from the request time: drop column/lookup"
+            )
+        if self.utc_offset_hours is not None and self.derive is None:
+            raise ValueError("utc_offset_hours only applies to a derived (derive:) feature")
+        return self
 
     @property
     def source(self) -> str:
@@ -249,6 +318,17 @@ class SamplingSpec(_Strict):
     keep_labels: list[str] | None = None
 
 
+class LookupSpec(_Strict):
+    """A side table: a Parquet file with one row per ``key`` value and attribute
+    ``columns`` (e.g. item -> topic, advertiser). ``path`` is relative to the spec's
+    folder unless absolute (:func:`load_spec` makes it absolute)."""
+
+    name: str = Field(pattern=r"^[^.]+$")
+    path: str
+    key: str
+    columns: list[str] = Field(min_length=1)
+
+
 class FeatureSpec(_Strict):
     """The whole data contract for one data set."""
 
@@ -260,6 +340,28 @@ class FeatureSpec(_Strict):
     sampling: SamplingSpec = SamplingSpec()
     weight_column: str | None = None
     oracle_prefix: str = "oracle_"
+    lookups: list[LookupSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _lookups_exist(self) -> FeatureSpec:
+        known = {lk.name: lk for lk in self.lookups}
+        if len(known) != len(self.lookups):
+            raise ValueError("duplicate lookup name(s)")
+        for item in self.id_features():
+            if item.lookup is None:
+                continue
+            table, column = item.lookup.split(".")
+            if table not in known:
+                raise ValueError(
+                    f"feature {item.name!r}: lookup {item.lookup!r} names no entry of "
+                    f"lookups (known: {sorted(known)})"
+                )
+            if column not in known[table].columns:
+                raise ValueError(
+                    f"feature {item.name!r}: lookup {item.lookup!r}: {column!r} is not one of "
+                    f"the columns {known[table].columns} of lookup {table!r}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureSpec:
@@ -327,6 +429,25 @@ class FeatureSpec(_Strict):
             out.extend(seq.fields)
         return out
 
+    def lookup_of(
+        self, item: CategoricalFeature | CategoricalField
+    ) -> tuple[LookupSpec, str] | None:
+        """(side table, attribute column) of an id feature with ``lookup``, else None."""
+        if item.lookup is None:
+            return None
+        table, column = item.lookup.split(".")
+        return next(lk for lk in self.lookups if lk.name == table), column
+
+    def with_lookup_paths_from(self, base: str | Path) -> FeatureSpec:
+        """A copy whose relative lookup paths are made absolute against folder ``base``."""
+        if not self.lookups:
+            return self
+        lookups = [
+            lk.model_copy(update={"path": str((Path(base) / lk.path).resolve())})
+            for lk in self.lookups
+        ]
+        return self.model_copy(update={"lookups": lookups})
+
     def embedding_tables(self) -> dict[str, int]:
         """Shared table name -> number of rows (padding and OOV included)."""
         return {f.table_name: f.num_rows for f in self.id_features()}
@@ -338,7 +459,7 @@ class FeatureSpec(_Strict):
             if isinstance(f, SequenceFeature):
                 cols.append(f.timestamp)
                 cols.extend(fld.source for fld in f.fields)
-            else:
+            elif not (isinstance(f, CategoricalFeature) and f.derive is not None):
                 cols.append(f.source)
         for lb in self.labels:
             cols.append(lb.source)
@@ -360,7 +481,10 @@ class FeatureSpec(_Strict):
         return self.model_copy(update={"features": keep})
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        data = self.model_dump(mode="json", exclude_none=True)
+        if not data.get("lookups"):
+            data.pop("lookups", None)
+        return yaml.safe_dump(data, sort_keys=False)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml())
@@ -415,4 +539,40 @@ def load_spec(path: str | Path) -> FeatureSpec:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
         raise SpecError(f"feature spec {p} is not valid YAML: {err}") from None
-    return FeatureSpec.from_dict(data, str(p))
+    return FeatureSpec.from_dict(data, str(p)).with_lookup_paths_from(p.parent)
+
+
+def resolve_spec_path(data_dir: str | Path, spec: str | Path | None = None) -> Path:
+    """The spec file of a data folder: ``spec`` when given (a file, or a folder holding
+    one), else ``DATA/_spec.yaml``, else the legacy ``DATA/spec.yaml``."""
+    if spec is not None:
+        path = Path(spec)
+        if path.is_dir():
+            found = _spec_in(path)
+            if found is None:
+                raise SpecError(
+                    f"--spec {path} is a folder without {SPEC_FILE} or {LEGACY_SPEC_FILE}"
+                )
+            return found
+        if not path.is_file():
+            raise SpecError(f"feature spec {path} does not exist")
+        return path
+    found = _spec_in(Path(data_dir))
+    if found is None:
+        raise SpecError(
+            f"{data_dir} has no {SPEC_FILE} (or {LEGACY_SPEC_FILE}); pass --spec PATH, or "
+            f"draft one with: dhen-cvr init-spec {data_dir} --out {Path(data_dir) / SPEC_FILE}"
+        )
+    return found
+
+
+def _spec_in(folder: Path) -> Path | None:
+    for name in (SPEC_FILE, LEGACY_SPEC_FILE):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_data_spec(data_dir: str | Path, spec: str | Path | None = None) -> FeatureSpec:
+    """:func:`load_spec` of :func:`resolve_spec_path` (``--spec`` or the data folder's)."""
+    return load_spec(resolve_spec_path(data_dir, spec))

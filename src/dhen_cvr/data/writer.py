@@ -15,7 +15,7 @@ from types import TracebackType
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dhen_cvr.data.spec import FeatureSpec
+from dhen_cvr.data.spec import SPEC_FILE, FeatureSpec
 from dhen_cvr.errors import DhenCvrError
 
 __all__ = ["DatasetWriter", "day_dirs"]
@@ -66,7 +66,7 @@ class DatasetWriter:
         return path
 
     def write_spec(self, spec: FeatureSpec) -> Path:
-        path = self.tmp / "spec.yaml"
+        path = self.tmp / SPEC_FILE
         spec.save(path)
         return path
 

@@ -30,7 +30,7 @@ import torch
 
 from dhen_cvr.config.loss import LossConfig
 from dhen_cvr.data.reader import ParquetBatchStream, make_loader
-from dhen_cvr.data.spec import FeatureSpec, load_spec
+from dhen_cvr.data.spec import FeatureSpec, SpecError, load_spec, resolve_spec_path
 from dhen_cvr.days import day_name, resolve_days
 from dhen_cvr.errors import DhenCvrError
 from dhen_cvr.eval.calibration import (
@@ -399,22 +399,24 @@ def evaluate(
     baseline: str | Path | None = None,
     batch_size: int | None = None,
     save: bool = True,
+    spec: str | Path | None = None,
 ) -> EvalReport:
     """Evaluate the newest checkpoint of ``run`` (or a checkpoint folder) on ``days`` of
     ``data``; with ``baseline`` (another run) add its metrics and the relative lift.
     Writes :func:`evaluation_file` (``RUN/eval-<days>.json``; the training-time
-    ``RUN/eval.json`` is left as it is) when ``run`` is a run folder and ``save`` is set."""
+    ``RUN/eval.json`` is left as it is) when ``run`` is a run folder and ``save`` is set. ``spec``:
+    the data's feature spec when it is kept outside the data folder."""
     data = Path(data)
     day_dirs = resolve_days(data, days)
     ctx = init_distributed("auto")
     reports = []
     for path in [run] if baseline is None else [run, baseline]:
         trained = load_trained_model(path, ctx.device)
-        spec = _data_spec(data, trained.spec)
+        data_spec = _data_spec(data, trained.spec, spec)
         reports.append(
             evaluate_model(
                 trained.model,
-                spec,
+                data_spec,
                 day_dirs,
                 ctx=ctx,
                 batch_size=batch_size or trained.config.train.eval_batch_size,
@@ -435,11 +437,14 @@ def evaluation_file(run: str | Path, days: list[str]) -> Path:
     return Path(run) / f"eval-{name}.json"
 
 
-def _data_spec(data: Path, model_spec: FeatureSpec) -> FeatureSpec:
-    """The data's own spec (its sampling rate, oracle columns), checked against the
-    model's; the model's spec when the data folder has none."""
-    path = data / "spec.yaml"
-    if not path.is_file():
+def _data_spec(data: Path, model_spec: FeatureSpec, given: str | Path | None) -> FeatureSpec:
+    """The data's own spec (``given``, else the data folder's: its sampling rate, oracle
+    columns), checked against the model's; the model's spec when there is none."""
+    try:
+        path = resolve_spec_path(data, given)
+    except SpecError:
+        if given is not None:
+            raise
         return model_spec
     spec = load_spec(path)
     if spec.embedding_tables() != model_spec.embedding_tables() or [

@@ -48,6 +48,7 @@ def train_incremental(
     *,
     resume: bool = False,
     show_progress: bool = True,
+    spec: str | Path | None = None,
 ) -> IncrementalResult:
     """Warm up, then train one day at a time from yesterday's checkpoint, evaluating each
     model on the following day. ``resume`` continues (or re-evaluates) finished steps and
@@ -73,6 +74,7 @@ def train_incremental(
             eval_days=evaluation_day(warmup[-1]),
             resume=run_resume,
             show_progress=show_progress,
+            spec=spec,
         )
     ]
     for day in days:
@@ -86,6 +88,7 @@ def train_incremental(
                 init_from=runs[-1].checkpoint,
                 resume=run_resume,
                 show_progress=show_progress,
+                spec=spec,
             )
         )
     reports = [r.eval for r in runs if r.eval is not None]

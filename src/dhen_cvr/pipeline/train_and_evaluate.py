@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dhen_cvr.config import ExperimentConfig
-from dhen_cvr.data.spec import load_spec
+from dhen_cvr.data.spec import load_data_spec
 from dhen_cvr.days import day_name, resolve_days
 from dhen_cvr.errors import DhenCvrError
 from dhen_cvr.eval import EvalReport, evaluate_model
@@ -78,12 +78,16 @@ def train_and_evaluate(
     allow_in_sample_eval: bool = False,
     on_batch: BatchHook | None = None,
     extra_columns: Sequence[str] = (),
+    spec: str | Path | None = None,
 ) -> RunResult:
     """:func:`dhen_cvr.train.train`, then :func:`dhen_cvr.eval.evaluate_model` of the
     trained model on ``eval_days`` (if given). ``eval_days`` that overlap the training
     days are refused (an in-sample AUC is not a next-day AUC) unless
-    ``allow_in_sample_eval``; the report then says so in its notes."""
-    plan = plan_training(config, data, train_days, out, init_from=init_from, resume=resume)
+    ``allow_in_sample_eval``; the report then says so in its notes. ``spec``: a feature
+    spec kept outside the data folder."""
+    plan = plan_training(
+        config, data, train_days, out, init_from=init_from, resume=resume, spec=spec
+    )
     eval_dirs = None if eval_days is None else resolve_days(plan.data, eval_days)
     overlap = check_eval_days(plan.days, eval_dirs or [], allow_in_sample_eval)
     trained = run_training(
@@ -94,7 +98,7 @@ def train_and_evaluate(
     ctx = init_distributed(plan.config.train.device)
     report = evaluate_model(
         trained.model,
-        load_spec(plan.data / "spec.yaml"),
+        load_data_spec(plan.data, plan.spec),
         eval_dirs,
         ctx=ctx,
         batch_size=plan.config.train.eval_batch_size,

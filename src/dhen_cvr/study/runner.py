@@ -124,6 +124,7 @@ def run_study(
     extra_overrides: list[str] | None = None,
     only: list[str] | None = None,
     show_progress: bool = True,
+    spec: str | Path | None = None,
 ) -> StudyResult:
     """Train + evaluate every (variant, seed) not already done, then summarise."""
     out = Path(out)
@@ -139,6 +140,7 @@ def run_study(
             {
                 **study.model_dump(),
                 "data": str(data),
+                "spec": None if spec is None else str(spec),
                 "train_days": train_days,
                 "eval_days": eval_days,
                 "extra_overrides": extra_overrides or [],
@@ -162,7 +164,7 @@ def run_study(
             if variant in study.baselines:
                 print(f"[study] {variant} (baseline) seed {seed} -> {run}", flush=True)
                 gbdt = load_baseline_config(None, study.baseline_overrides(variant, seed))
-                train_baseline(data, train_days, eval_days, run, gbdt, overwrite=True)
+                train_baseline(data, train_days, eval_days, run, gbdt, overwrite=True, spec=spec)
                 continue
             config = load_experiment_config(
                 study.base, study.overrides(variant, seed, extra_overrides)
@@ -176,6 +178,7 @@ def run_study(
                 eval_days=eval_days,
                 resume="if-exists",
                 show_progress=show_progress,
+                spec=spec,
             )
     return summarize(out, study)
 

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 
 from dhen_cvr.config import ExperimentConfig, load_experiment_config
-from dhen_cvr.data.spec import FeatureSpec, load_spec
+from dhen_cvr.data.spec import FeatureSpec, load_data_spec
 from dhen_cvr.data.stats import MinMaxStats, fit_minmax_stats
 from dhen_cvr.days import day_name, resolve_days, select_days
 from dhen_cvr.errors import DhenCvrError
@@ -36,6 +36,7 @@ from dhen_cvr.runtime.run_folder import (
     read_run_folder,
     write_run_folder,
 )
+from dhen_cvr.train.data_notes import report_data_notes
 from dhen_cvr.train.recalibrate import recalibrate_heads
 from dhen_cvr.train.trainer import BatchHook, Trainer, TrainResult
 
@@ -50,7 +51,7 @@ continue it if it was started, else start it (for schedulers); ``False``: a new 
 class TrainingPlan:
     """Where a run starts: its folder, config, data, days, and a checkpoint to load
     (restored in full when resuming, weights only for a warm start), and whether the run
-    folder is new."""
+    folder is new. ``spec``: a feature spec outside the data folder (``--spec``)."""
 
     run: Path
     config: ExperimentConfig
@@ -59,6 +60,7 @@ class TrainingPlan:
     checkpoint: Checkpoint | None
     new_run: bool
     warm_start: bool = True
+    spec: Path | None = None
 
 
 def plan_training(
@@ -69,6 +71,7 @@ def plan_training(
     *,
     init_from: str | Path | None = None,
     resume: ResumeMode = False,
+    spec: str | Path | None = None,
 ) -> TrainingPlan:
     """Resolve what :func:`train` would do, reading nothing but configs, day folders and
     checkpoints (arguments as for :func:`train`)."""
@@ -87,7 +90,7 @@ def plan_training(
         plan = TrainingPlan(run, config, data_path, resolve_days(data_path, train_days), None, True)
         if init_from is not None:
             plan = replace(plan, checkpoint=load_checkpoint(init_from))
-    return plan
+    return plan if spec is None else replace(plan, spec=Path(spec))
 
 
 def run_training(
@@ -103,7 +106,7 @@ def run_training(
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
     ctx = init_distributed(config.train.device)
-    spec = load_spec(plan.data / "spec.yaml")
+    spec = load_data_spec(plan.data, plan.spec)
     if plan.checkpoint is not None:
         _check_compatible(plan.checkpoint, config, spec)
     if plan.new_run:
@@ -115,6 +118,8 @@ def run_training(
             warm_from = None if plan.checkpoint is None else plan.checkpoint.path
             days = [day_name(d) for d in plan.days]
             write_run_folder(run, RunInfo(config, plan.data, days, warm_from))
+    if ctx.is_main:
+        report_data_notes(run, spec, config, plan.days)  # cuts and defaults, said out loud
     if plan.checkpoint is not None:
         stats = MinMaxStats.from_dict(plan.checkpoint.dense_stats)
     else:
@@ -148,6 +153,7 @@ def train(
     show_progress: bool = True,
     on_batch: BatchHook | None = None,
     extra_columns: Sequence[str] = (),
+    spec: str | Path | None = None,
 ) -> TrainResult:
     """Train a model on ``train_days`` of ``data`` into run folder ``out``.
 
@@ -160,8 +166,11 @@ def train(
     folder where no run was started is an error; ``resume="if-exists"`` starts it (so a
     scheduler can pass it every time). A run folder that never saved a checkpoint (a
     failed start) is started again, with or without ``resume``.
+    ``spec``: the feature spec when it is not the data folder's ``_spec.yaml``.
     """
-    plan = plan_training(config, data, train_days, out, init_from=init_from, resume=resume)
+    plan = plan_training(
+        config, data, train_days, out, init_from=init_from, resume=resume, spec=spec
+    )
     return run_training(
         plan, show_progress=show_progress, on_batch=on_batch, extra_columns=extra_columns
     )
@@ -213,5 +222,5 @@ def _check_compatible(checkpoint: Checkpoint, config: ExperimentConfig, spec: Fe
     if checkpoint.spec.embedding_tables() != spec.embedding_tables():
         raise DhenCvrError(
             f"checkpoint {checkpoint.path} was trained on a spec with different embedding "
-            "tables than the data's spec.yaml"
+            "tables than the data's spec"
         )

@@ -4,7 +4,7 @@
   mapping YAML (:class:`EventMapping`) or the ``taobao`` preset;
 - :func:`prepare_table` (``dhen-cvr prepare-table``): Ali-CCP-style tables with the
   ``aliccp`` preset (:class:`TableMapping`);
-- both return a :class:`QualityReport`, also saved as ``quality.json`` / ``quality.txt``.
+- both return a :class:`QualityReport`, also saved as ``_quality.json`` / ``_quality.txt``.
 """
 
 from dhen_cvr.data.prepare.events import StreamingOptions, event_spec, prepare_events

@@ -776,7 +776,7 @@ def prepare_events(
     """Convert event logs to a day-partitioned data set at ``out`` (atomically).
 
     ``events``: files, folders or glob patterns (CSV, optionally compressed, or Parquet).
-    Writes ``dt=*/part-*.parquet``, ``spec.yaml``, ``quality.json`` and ``quality.txt``;
+    Writes ``dt=*/part-*.parquet``, ``_spec.yaml``, ``_quality.json`` and ``_quality.txt``;
     returns the quality report. Raises :class:`DataError` on unreadable input and
     :class:`DhenCvrError` when no example survives.
     """

@@ -1,4 +1,4 @@
-"""The data-quality report of a preparation run (``quality.json`` + ``quality.txt``).
+"""The data-quality report of a preparation run (``_quality.json`` + ``_quality.txt``).
 
 It answers "what happened to my rows": rows read, rows dropped per reason (each dropped
 row is counted under exactly one reason), examples written, label rates (and rates
@@ -201,6 +201,6 @@ class QualityReport:
         return "\n".join(lines)
 
     def save(self, writer: DatasetWriter) -> None:
-        """Write ``quality.json`` and ``quality.txt`` into the data set being written."""
-        writer.write_text("quality.json", self.to_json() + "\n")
-        writer.write_text("quality.txt", self.to_text() + "\n")
+        """Write ``_quality.json`` and ``_quality.txt`` into the data set being written."""
+        writer.write_text("_quality.json", self.to_json() + "\n")  # _: Parquet readers skip it
+        writer.write_text("_quality.txt", self.to_text() + "\n")

@@ -54,7 +54,7 @@ P(type | click) on clicked impressions; ``oracle_<head>`` = the impression-level
 
 **Sampling** (paper 5.1). Every impression with a conversion is kept, the rest with
 probability ``negative_rate``; ``sample_rate`` stores each row's inclusion probability.
-``world.json`` holds the config and per-day counts / oracle AUCs of the full population.
+``_world.json`` holds the config and per-day counts / oracle AUCs of the full population.
 """
 
 from __future__ import annotations

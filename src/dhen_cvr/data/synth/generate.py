@@ -21,7 +21,7 @@ from dhen_cvr.data.writer import DatasetWriter
 
 __all__ = ["WORLD_FILE", "DayStats", "WorldSummary", "synthesize"]
 
-WORLD_FILE = "world.json"
+WORLD_FILE = "_world.json"  # underscore: Parquet dataset readers skip it
 
 
 class DayStats(BaseModel):
@@ -45,7 +45,7 @@ class DayStats(BaseModel):
 
 
 class WorldSummary(BaseModel):
-    """What :func:`synthesize` wrote; saved as ``world.json`` in the data set folder."""
+    """What :func:`synthesize` wrote; saved as ``_world.json`` in the data set folder."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -180,8 +180,8 @@ def synthesize(
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> WorldSummary:
-    """Generate the world and write ``out/dt=YYYY-MM-DD/part-*.parquet``, ``out/spec.yaml``
-    and ``out/world.json`` (config + per-day truth summary), atomically.
+    """Generate the world and write ``out/dt=YYYY-MM-DD/part-*.parquet``, ``out/_spec.yaml``
+    and ``out/_world.json`` (config + per-day truth summary), atomically.
 
     Users are simulated in chunks of ``config.users_per_chunk`` (one part file per chunk
     and day), so memory is bounded by the chunk, not the world. ``progress`` is called
