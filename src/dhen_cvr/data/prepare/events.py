@@ -40,10 +40,10 @@ of a day are grouped by user bucket, not sorted by time (the trainer shuffles).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -54,6 +54,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from dhen_cvr.data.folders import DATA_MARKER, check_replaceable, make_work_folder, write_failure
 from dhen_cvr.data.mapping import map_ids
 from dhen_cvr.data.prepare.common import (
     DayBuffers,
@@ -391,6 +392,14 @@ class _Spiller:
         for sink, writer in self._open.values():
             writer.close()
             sink.close()
+        self._open = {}
+
+    def abort(self) -> None:
+        """Close every file without flushing (after a failed write)."""
+        for sink, writer in self._open.values():
+            for close in (writer.close, sink.close):
+                with contextlib.suppress(OSError):
+                    close()
         self._open = {}
 
     def read(self, b: int) -> pa.Table | None:
@@ -794,25 +803,29 @@ def prepare_events(
     )
     k = _auto_buckets(files, m, options)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:  # fail before the long pass 1
-        raise DhenCvrError(f"{out} exists and is not empty (pass --overwrite to replace it)")
-    tmp_parent = options.tmp_dir or out.parent
-    tmp_parent.mkdir(parents=True, exist_ok=True)
-    spill_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.spill-", dir=tmp_parent))
+    # fail before the long pass 1
+    check_replaceable(out, DATA_MARKER, "a data set", overwrite=overwrite)
+    spill_root = make_work_folder(options.tmp_dir or out.parent, out.name, "spill")
     try:
         reader = _EventReader(m, options)
         normalizer = _Normalizer(m, report)
         spiller = _Spiller(spill_root, k, options.spill_rows)
         distinct = {key: DistinctCounter() for key in ["user", "item", *m.attributes]}
-        for file in files:
-            for batch in reader.batches(file):
-                table = normalizer.normalize(batch, file)
-                distinct["user"].add(table["user"])
-                distinct["item"].add(table["item"])
-                for a in m.attributes:
-                    distinct[a].add(table[f"attr_{a}"])
-                spiller.add(table)
-        spiller.close()
+        try:
+            for file in files:
+                for batch in reader.batches(file):
+                    table = normalizer.normalize(batch, file)
+                    distinct["user"].add(table["user"])
+                    distinct["item"].add(table["item"])
+                    for a in m.attributes:
+                        distinct[a].add(table[f"attr_{a}"])
+                    spiller.add(table)
+            spiller.close()
+        except OSError as err:  # reading errors are DataErrors by now: this is the spill
+            spiller.abort()
+            raise write_failure(
+                err, spill_root, " (the bucket spill files; --tmp-dir puts them elsewhere)"
+            ) from None
         buckets = {key: m.hashing.size(key, c.count) for key, c in distinct.items()}
         report.id_stats = {
             key: {"distinct": distinct[key].count, "buckets": buckets[key]} for key in distinct
