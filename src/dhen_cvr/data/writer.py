@@ -18,7 +18,13 @@ from types import TracebackType
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dhen_cvr.data.folders import DATA_MARKER, check_replaceable, make_work_folder, write_failure
+from dhen_cvr.data.folders import (
+    DATA_MARKER,
+    WORK_MARKER,
+    check_replaceable,
+    make_work_folder,
+    write_failure,
+)
 from dhen_cvr.data.spec import FeatureSpec
 
 __all__ = ["DatasetWriter", "day_dirs"]
@@ -101,6 +107,7 @@ class DatasetWriter:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, self.out)
+            (self.out / WORK_MARKER).unlink()
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise write_failure(err, self.out, self._nothing_written) from None
