@@ -12,6 +12,7 @@ from dhen_cvr.data.inspect import format_report, inspect_dataset
 from dhen_cvr.data.spec import load_spec
 from dhen_cvr.data.synth import WorldConfig, synthesize
 from dhen_cvr.data.validate import validate_dataset
+from dhen_cvr.data.warning import install_one_line_format
 from dhen_cvr.data.writer import day_dirs
 from dhen_cvr.errors import DhenCvrError
 
@@ -75,6 +76,7 @@ def validate(
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the top-level app."""
+    install_one_line_format()  # DataWarnings print as one "warning: ..." line
     app.command("synth")(synth)
     app.command("inspect")(inspect)
     app.command("validate")(validate)

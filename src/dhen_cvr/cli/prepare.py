@@ -18,6 +18,7 @@ from dhen_cvr.data.prepare.mapping_config import (
     load_preset,
 )
 from dhen_cvr.data.prepare.table import Formulation, prepare_table
+from dhen_cvr.data.warning import install_one_line_format
 
 __all__ = ["register"]
 
@@ -125,5 +126,6 @@ def prepare_table_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``prepare-events`` and ``prepare-table`` to the top-level app."""
+    install_one_line_format()  # DataWarnings print as one "warning: ..." line
     app.command("prepare-events")(prepare_events_command)
     app.command("prepare-table")(prepare_table_command)

@@ -878,7 +878,7 @@ def _auto_buckets(files: list[Path], mapping: EventMapping, options: StreamingOp
 
 def _duration(seconds: int) -> str:
     hours, rest = divmod(int(seconds), 3600)
-    return f"{hours}h {rest // 60:02d}m"
+    return f"{hours}h {rest // 60:02d}m" if hours else f"{rest // 60}m {rest % 60:02d}s"
 
 
 def _check_span(normalizer: _Normalizer, m: EventMapping, report: QualityReport) -> None:
