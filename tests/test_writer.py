@@ -41,9 +41,9 @@ def test_writer_refuses_to_clobber_without_overwrite(tmp_path: Path) -> None:
         pass
     assert (out / "keep.txt").read_text() == "precious"
     # --overwrite replaces only a data set this tool wrote (its marker file)
-    with pytest.raises(DhenCvrError, match="no .dhen-cvr-data file"):
-        with DatasetWriter(out, overwrite=True):
-            pass
+    no_marker = pytest.raises(DhenCvrError, match=r"no \.dhen-cvr-data file")
+    with no_marker, DatasetWriter(out, overwrite=True):
+        pass
     assert (out / "keep.txt").read_text() == "precious"
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
 

@@ -30,7 +30,9 @@ def synth(
         float, typer.Option(help="Keep rate of non-converting impressions.")
     ] = 0.05,
     start_date: Annotated[str, typer.Option(help="First logged day, YYYY-MM-DD.")] = "2026-01-01",
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace OUT if it is a data set dhen-cvr wrote.")
+    ] = False,
 ) -> None:
     """Write the synthetic conversion-ads world (see ``dhen_cvr.data.synth``)."""
     try:

@@ -47,7 +47,7 @@ def prepare_events_command(
         str | None, typer.Option("--preset", help="Built-in mapping, e.g. taobao.")
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a non-empty --out.")
+        bool, typer.Option("--overwrite", help="Replace --out if it is a data set dhen-cvr wrote.")
     ] = False,
     buckets: Annotated[
         int | None,
@@ -101,7 +101,7 @@ def prepare_table_command(
         str, typer.Option("--start-date", help="Day of the first CSV (YYYY-MM-DD).")
     ] = "2024-01-01",
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a non-empty --out.")
+        bool, typer.Option("--overwrite", help="Replace --out if it is a data set dhen-cvr wrote.")
     ] = False,
 ) -> None:
     """Convert flat click/conversion tables (Ali-CCP style); each --csv is one day."""
