@@ -210,7 +210,8 @@ class _EventReader:
         known = {c.lower() for c in [*names, *self.needed]}
         looks_like_names = any(v.lower() in known for v in first)
         text_over_numbers = len(rows) > 1 and any(
-            not number(rows[0][c]) and number(rows[1][c]) for c in numeric
+            rows[0][c] not in (None, "") and not number(rows[0][c]) and number(rows[1][c])
+            for c in numeric
         )
         if looks_like_names or text_over_numbers:
             raise DataError(
