@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dhen_cvr.data.folders import DATA_MARKER
 from dhen_cvr.data.writer import DatasetWriter, day_dirs
 from dhen_cvr.errors import DhenCvrError
 
@@ -39,6 +40,21 @@ def test_writer_refuses_to_clobber_without_overwrite(tmp_path: Path) -> None:
     with pytest.raises(DhenCvrError, match="pass --overwrite"), DatasetWriter(out):
         pass
     assert (out / "keep.txt").read_text() == "precious"
-    with DatasetWriter(out, overwrite=True) as w:
+    # --overwrite replaces only a data set this tool wrote (its marker file)
+    no_marker = pytest.raises(DhenCvrError, match=r"no \.dhen-cvr-data file")
+    with no_marker, DatasetWriter(out, overwrite=True):
+        pass
+    assert (out / "keep.txt").read_text() == "precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_writer_overwrites_its_own_data_set(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    with DatasetWriter(out) as w:
         w.write_day("2026-01-01", pa.table({"x": [1]}))
-    assert not (out / "keep.txt").exists() and day_dirs(out)
+    assert (out / DATA_MARKER).is_file()
+    (out / "dt=2026-01-01" / "stale.parquet").write_bytes(b"")
+    with DatasetWriter(out, overwrite=True) as w:
+        w.write_day("2026-01-02", pa.table({"x": [1]}))
+    assert [p.name for p in day_dirs(out)] == ["dt=2026-01-02"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]

@@ -12,6 +12,7 @@ from dhen_cvr.data.inspect import format_report, inspect_dataset
 from dhen_cvr.data.spec import load_data_spec
 from dhen_cvr.data.synth import WorldConfig, synthesize
 from dhen_cvr.data.validate import validate_dataset
+from dhen_cvr.data.warning import install_one_line_format
 from dhen_cvr.data.writer import day_dirs
 from dhen_cvr.errors import DhenCvrError
 
@@ -33,7 +34,9 @@ def synth(
         float, typer.Option(help="Keep rate of non-converting impressions.")
     ] = 0.05,
     start_date: Annotated[str, typer.Option(help="First logged day, YYYY-MM-DD.")] = "2026-01-01",
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace OUT if it is a data set dhen-cvr wrote.")
+    ] = False,
 ) -> None:
     """Write the synthetic conversion-ads world (see ``dhen_cvr.data.synth``)."""
     try:
@@ -78,6 +81,7 @@ def validate(
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the top-level app."""
+    install_one_line_format()  # DataWarnings print as one "warning: ..." line
     app.command("synth")(synth)
     app.command("inspect")(inspect)
     app.command("validate")(validate)

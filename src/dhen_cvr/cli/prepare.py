@@ -18,6 +18,7 @@ from dhen_cvr.data.prepare.mapping_config import (
     load_preset,
 )
 from dhen_cvr.data.prepare.table import Formulation, prepare_table
+from dhen_cvr.data.warning import install_one_line_format
 
 __all__ = ["register"]
 
@@ -46,7 +47,7 @@ def prepare_events_command(
         str | None, typer.Option("--preset", help="Built-in mapping, e.g. taobao.")
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a non-empty --out.")
+        bool, typer.Option("--overwrite", help="Replace --out if it is a data set dhen-cvr wrote.")
     ] = False,
     buckets: Annotated[
         int | None,
@@ -100,7 +101,7 @@ def prepare_table_command(
         str, typer.Option("--start-date", help="Day of the first CSV (YYYY-MM-DD).")
     ] = "2024-01-01",
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a non-empty --out.")
+        bool, typer.Option("--overwrite", help="Replace --out if it is a data set dhen-cvr wrote.")
     ] = False,
 ) -> None:
     """Convert flat click/conversion tables (Ali-CCP style); each --csv is one day."""
@@ -125,5 +126,6 @@ def prepare_table_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``prepare-events`` and ``prepare-table`` to the top-level app."""
+    install_one_line_format()  # DataWarnings print as one "warning: ..." line
     app.command("prepare-events")(prepare_events_command)
     app.command("prepare-table")(prepare_table_command)

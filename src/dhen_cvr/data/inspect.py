@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from dhen_cvr.data.decode import Location, open_parquet, read_row_group
 from dhen_cvr.data.spec import FeatureSpec, load_data_spec
 from dhen_cvr.data.writer import day_dirs
 from dhen_cvr.errors import DataError, DhenCvrError
@@ -76,14 +76,19 @@ class _DayCollector:
     def _put(self, key: str, values: np.ndarray) -> None:
         self.parts.setdefault(key, []).append(values)
 
-    def add(self, table: pa.Table) -> None:
+    def add(self, table: pa.Table, where: Location) -> None:
+        """One row group's rows; labels must be 0/1 (a DataError names file, column, row)."""
         inclusion = self.spec.sampling.inclusion_column
         prob = table[inclusion].to_numpy() if inclusion else np.ones(table.num_rows)
         self._put("weight", 1.0 / np.asarray(prob, dtype=np.float64))
         for lb in self.spec.labels:
-            self._put(f"y:{lb.name}", np.asarray(table[lb.source].to_numpy(), np.float64))
-            mask = table[lb.mask].to_numpy() if lb.mask else np.ones(table.num_rows)
-            self._put(f"m:{lb.name}", np.asarray(mask) > 0)
+            labels, valid = _binary(table[lb.source], where, lb.source, "label")
+            mask = valid.copy()
+            if lb.mask:
+                m, m_valid = _binary(table[lb.mask], where, lb.mask, "label mask")
+                mask &= m_valid & (m > 0)
+            self._put(f"y:{lb.name}", labels)
+            self._put(f"m:{lb.name}", mask)
             if lb.name in self.oracle:
                 self._put(
                     f"o:{lb.name}", np.asarray(table[self.oracle[lb.name]].to_numpy(), np.float64)
@@ -110,6 +115,23 @@ class _DayCollector:
             oracle_roc_auc=roc,
             oracle_pr_auc=pr,
         )
+
+
+def _binary(
+    arr: pa.ChunkedArray, where: Location, column: str, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(values as float64 with nulls 0, not-null) of a 0/1 column; anything else is an error."""
+    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
+    try:
+        y = np.asarray(arr.fill_null(0).to_numpy(zero_copy_only=False), np.float64)
+    except (TypeError, ValueError, pa.ArrowException):
+        raise where.error(f"{what} column must be numeric 0/1, got {arr.type}", column) from None
+    bad = (y != 0) & (y != 1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        value = arr[row].as_py()
+        raise where.error(f"{what} {value!r} is not 0 or 1", column, row)
+    return y, valid
 
 
 def _metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> tuple[float | None, float | None]:
@@ -152,7 +174,7 @@ def inspect_dataset(root: Path, spec: FeatureSpec | None = None) -> DatasetRepor
     first = next((p for ps in files.values() for p in ps), None)
     if first is None:
         raise DhenCvrError(f"{root} has no dt=YYYY-MM-DD/*.parquet files")
-    names = set(pq.read_schema(first).names)
+    names = set(open_parquet(first).schema_arrow.names)
     oracle = {h: spec.oracle_prefix + h for h in spec.label_names}
     oracle = {h: c for h, c in oracle.items() if c in names}
     world = _world_rates(root)
@@ -163,13 +185,16 @@ def inspect_dataset(root: Path, spec: FeatureSpec | None = None) -> DatasetRepor
         collector = _DayCollector(spec, oracle)
         columns = list(dict.fromkeys(collector.columns() + [s.timestamp for s in spec.sequences]))
         for path in paths:
-            pf = pq.ParquetFile(path)
+            pf = open_parquet(path)
             missing = [c for c in columns if c not in set(pf.schema_arrow.names)]
             if missing:
                 raise DataError("missing column", file=str(path), column=missing[0])
+            first_row = 0
             for g in range(pf.num_row_groups):
-                table = pf.read_row_group(g, columns=columns)
-                collector.add(table)
+                where = Location(str(path), g, first_row)
+                table = read_row_group(pf, g, columns, where)
+                first_row += table.num_rows
+                collector.add(table, where)
                 for s in spec.sequences:
                     length = pc.list_value_length(table[s.timestamp]).fill_null(0)
                     lengths[s.name].append(length.to_numpy().astype(np.int64))

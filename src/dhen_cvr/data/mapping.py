@@ -1,7 +1,9 @@
 """Raw ids -> embedding rows, shared by the reader, data preparation and serving.
 
 Row 0 is padding; ids map to ``1..N``; row ``N + 1`` is the out-of-vocabulary bucket, so
-an unseen or malformed id never crashes and never aliases padding.
+an unseen or malformed id never crashes and never aliases padding. String ids in a
+``vocab_size`` feature that are not integers are OOV and raise a
+:class:`~dhen_cvr.data.warning.DataWarning` (shown once per feature).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dhen_cvr.data.spec import CategoricalFeature, CategoricalField
+from dhen_cvr.data.warning import warn
 
 __all__ = ["hash_int64", "map_ids"]
 
@@ -69,10 +72,16 @@ def map_ids(
     oov = vocab + 1
     if is_str:
         # Strings in a fixed vocabulary must be digits; anything else is OOV.
+        values = arr.to_pylist()
         raw = np.array(
-            [int(s) if s is not None and str(s).isdigit() else -1 for s in arr.to_pylist()],
-            dtype=np.int64,
+            [int(s) if s is not None and str(s).isdigit() else -1 for s in values], dtype=np.int64
         )
+        if ((raw < 0) & valid).any():
+            warn(
+                f"feature {feature.name!r} has vocab_size {vocab} but string ids that are not "
+                "integers: they all map to the out-of-vocabulary row; "
+                "use hash_buckets for string ids"
+            )
     elif pa.types.is_integer(arr.type):
         raw = arr.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     else:

@@ -1,22 +1,31 @@
 """Atomic writing of day-partitioned Parquet data sets (``OUT/dt=YYYY-MM-DD/part-*.parquet``).
 
-Everything is written under a temporary sibling folder that is renamed onto ``OUT`` only
-when the whole job succeeded, so a failure never leaves a half-written data set.
+Everything is written under a hidden work folder beside ``OUT`` (see
+:mod:`dhen_cvr.data.folders`) that is renamed onto ``OUT`` only when the whole job
+succeeded, so a failure never leaves a half-written data set. The data set carries the
+:data:`~dhen_cvr.data.folders.DATA_MARKER` file, and ``overwrite`` replaces only a folder
+that has it. An OS error while writing (read-only folder, disk full) becomes one
+:class:`DhenCvrError` naming the path; ``OUT`` is then unchanged.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from types import TracebackType
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dhen_cvr.data.folders import (
+    DATA_MARKER,
+    WORK_MARKER,
+    check_replaceable,
+    make_work_folder,
+    write_failure,
+)
 from dhen_cvr.data.spec import SPEC_FILE, FeatureSpec
-from dhen_cvr.errors import DhenCvrError
 
 __all__ = ["DatasetWriter", "day_dirs"]
 
@@ -47,12 +56,8 @@ class DatasetWriter:
         return self._tmp
 
     def __enter__(self) -> DatasetWriter:
-        if self.out.exists() and any(self.out.iterdir()) and not self.overwrite:
-            raise DhenCvrError(
-                f"{self.out} exists and is not empty (pass --overwrite to replace it)"
-            )
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        check_replaceable(self.out, DATA_MARKER, "a data set", overwrite=self.overwrite)
+        self._tmp = make_work_folder(self.out.parent, self.out.name, "tmp")
         return self
 
     def write_day(self, day: str, table: pa.Table) -> Path:
@@ -75,6 +80,10 @@ class DatasetWriter:
         path.write_text(text)
         return path
 
+    @property
+    def _nothing_written(self) -> str:
+        return f" (writing the data set {self.out}; its work folder was removed, nothing written)"
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -84,11 +93,21 @@ class DatasetWriter:
         tmp = self.tmp
         if exc_type is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise write_failure(exc, tmp, self._nothing_written) from None
             return
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.replace(self.out, old)
-            os.replace(tmp, self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, self.out)
+        try:
+            (tmp / DATA_MARKER).write_text(
+                "a data set written by dhen-cvr; --overwrite may replace it\n"
+            )
+            if self.out.exists():
+                old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+                os.replace(self.out, old)
+                os.replace(tmp, self.out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, self.out)
+            (self.out / WORK_MARKER).unlink()
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise write_failure(err, self.out, self._nothing_written) from None

@@ -13,14 +13,13 @@ A re-run replaces the previous quickstart in ``OUT`` (and only a quickstart fold
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dhen_cvr.config import ExperimentConfig, load_experiment_config
+from dhen_cvr.data import folders
 from dhen_cvr.data.synth import WorldConfig, synthesize
-from dhen_cvr.errors import DhenCvrError
 from dhen_cvr.eval.evaluate import EvalReport
 from dhen_cvr.eval.report import markdown_table
 from dhen_cvr.pipeline.train_and_evaluate import RunResult, train_and_evaluate
@@ -49,12 +48,7 @@ class QuickstartResult:
 
 def claim_folder(out: Path) -> None:
     """Create ``out``, or empty it if it holds an earlier quickstart; refuse otherwise."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise DhenCvrError(f"{out} exists and is not a quickstart folder; choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("created by dhen-cvr quickstart; safe to delete\n")
+    folders.claim_folder(out, MARKER, "a quickstart folder")
 
 
 def quickstart(

@@ -40,10 +40,10 @@ of a day are grouped by user bucket, not sorted by time (the trainer shuffles).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -54,6 +54,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from dhen_cvr.data.folders import DATA_MARKER, check_replaceable, make_work_folder, write_failure
 from dhen_cvr.data.mapping import map_ids
 from dhen_cvr.data.prepare.common import (
     DayBuffers,
@@ -62,7 +63,7 @@ from dhen_cvr.data.prepare.common import (
     resolve_sources,
     split_by_day,
 )
-from dhen_cvr.data.prepare.mapping_config import EventMapping
+from dhen_cvr.data.prepare.mapping_config import EventMapping, LabelRule
 from dhen_cvr.data.prepare.report import QualityReport
 from dhen_cvr.data.spec import CategoricalField, FeatureSpec
 from dhen_cvr.data.writer import DatasetWriter
@@ -81,6 +82,19 @@ _UNIT_DIVISOR = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _INT_RE = r"^\s*-?\d+\s*$"
 _FLOAT_RE = r"^\s*-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 _MAX_REL = (1 << 32) - 1
+_COMPARE = {
+    "==": pc.equal,
+    "!=": pc.not_equal,
+    ">": pc.greater,
+    ">=": pc.greater_equal,
+    "<": pc.less,
+    "<=": pc.less_equal,
+}
+
+
+def _condition_column(label: str) -> str:
+    """Spill column holding, per event, whether label ``label``'s condition passed."""
+    return f"condition:{label}"
 
 
 class StreamingOptions(BaseModel):
@@ -125,7 +139,8 @@ class _EventReader:
     def __init__(self, mapping: EventMapping, options: StreamingOptions) -> None:
         self.mapping = mapping
         self.options = options
-        self.needed = mapping.columns.source_columns()
+        self.needed = mapping.source_columns()
+        self.headers_skipped = 0  # header rows matching source.column_names
 
     def _csv_types(self) -> dict[str, pa.DataType]:
         cols = self.mapping.columns
@@ -162,12 +177,65 @@ class _EventReader:
                 hint = " (ids that are not all integers need source.id_type: string)"
             raise DataError(f"cannot read: {err}{hint}", file=str(path)) from None
 
+    def _header_row(self, path: Path, parse: pacsv.ParseOptions) -> bool:
+        """With ``source.column_names`` (a header-less CSV): True if line 1 is exactly
+        those names (a header to skip); a DataError if it looks like another header."""
+        names = self.mapping.source.column_names
+        assert names is not None
+        read = pacsv.ReadOptions(block_size=1 << 16, column_names=names, use_threads=False)
+        convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
+        with pa.input_stream(str(path), compression="detect") as stream:
+            reader = pacsv.open_csv(
+                stream, read_options=read, parse_options=parse, convert_options=convert
+            )
+            try:
+                rows = reader.read_next_batch().slice(0, 2).to_pylist()
+            except StopIteration:
+                return False
+        first = [str(rows[0][c] or "").strip() for c in names]
+        if [v.lower() for v in first] == [c.lower() for c in names]:
+            return True
+
+        def number(v: object) -> bool:
+            try:
+                float(str(v))
+            except ValueError:
+                return False
+            return True
+
+        cols = self.mapping.columns
+        numeric = [cols.timestamp] if self.mapping.time.format is None else []
+        if self.mapping.source.id_type == "int":
+            numeric += [cols.user, cols.item]
+        known = {c.lower() for c in [*names, *self.needed]}
+        looks_like_names = any(v.lower() in known for v in first)
+        text_over_numbers = len(rows) > 1 and any(
+            rows[0][c] not in (None, "") and not number(rows[0][c]) and number(rows[1][c])
+            for c in numeric
+        )
+        if looks_like_names or text_over_numbers:
+            raise DataError(
+                f"line 1 looks like a header row {first}, but the mapping's "
+                f"source.column_names {names} says the file has none: either remove "
+                "source.column_names and name the header's columns under columns:, or make "
+                "the header match column_names (it is then skipped)",
+                file=str(path),
+            )
+        return False
+
     def _csv(self, path: Path) -> Iterator[pa.RecordBatch]:
         src = self.mapping.source
-        read = pacsv.ReadOptions(
-            block_size=self.options.block_size, column_names=src.column_names, use_threads=False
-        )
         parse = pacsv.ParseOptions(delimiter=src.delimiter)
+        skip = 0
+        if src.column_names is not None and self._header_row(path, parse):
+            skip = 1
+            self.headers_skipped += 1
+        read = pacsv.ReadOptions(
+            block_size=self.options.block_size,
+            column_names=src.column_names,
+            skip_rows=skip,
+            use_threads=False,
+        )
         with pa.input_stream(str(path), compression="detect") as stream:
             probe = pacsv.open_csv(stream, read_options=read, parse_options=parse)
             self._check_columns(path, probe.schema.names)
@@ -198,6 +266,8 @@ class _Normalizer:
         self.arrow_tz = _arrow_timezone(mapping.time.tz)
         self.id_types: dict[str, tuple[pa.DataType, str]] = {}
         self.rows_seen = 0
+        self.first_ts: int | None = None  # kept events, unix seconds
+        self.last_ts: int | None = None
         cols = mapping.columns
         self.id_columns = {"user": cols.user, "item": cols.item}
         self.id_columns.update({f"attr_{a}": c for a, c in cols.item_attributes.items()})
@@ -328,7 +398,37 @@ class _Normalizer:
         )
         columns["ts"] = pa.array(ts[keep])
         columns["row"] = pa.array(np.flatnonzero(keep).astype(np.int64) + first_row)
+        for lb in self.mapping.condition_labels:
+            passed = self._condition(batch, lb, file)
+            columns[_condition_column(lb.name)] = pa.array(passed[keep].astype(np.int8))
+        if keep.any():
+            lo, hi = int(ts[keep].min()), int(ts[keep].max())
+            self.first_ts = lo if self.first_ts is None else min(self.first_ts, lo)
+            self.last_ts = hi if self.last_ts is None else max(self.last_ts, hi)
         return pa.table(columns)
+
+    def _condition(self, batch: pa.RecordBatch, label: LabelRule, file: Path) -> np.ndarray:
+        """Per row: does its own ``condition.column`` pass the label's test (null: no)."""
+        cond = label.condition
+        assert cond is not None
+        arr = batch.column(cond.column)
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary_decode()
+        value: float | str = cond.value
+        if isinstance(value, str):
+            arr = arr.cast(pa.string())
+        else:
+            try:
+                arr = pc.cast(arr, pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise DataError(
+                    f"labels[{label.name!r}].condition {cond.op} {value} needs numbers, but "
+                    f"the column has values of type {arr.type} that are not all numbers",
+                    file=str(file),
+                    column=cond.column,
+                ) from None
+        passed = _COMPARE[cond.op](arr, pa.scalar(value, arr.type))
+        return passed.fill_null(False).to_numpy(zero_copy_only=False)
 
 
 class _Spiller:
@@ -391,6 +491,14 @@ class _Spiller:
         for sink, writer in self._open.values():
             writer.close()
             sink.close()
+        self._open = {}
+
+    def abort(self) -> None:
+        """Close every file without flushing (after a failed write)."""
+        for sink, writer in self._open.values():
+            for close in (writer.close, sink.close):
+                with contextlib.suppress(OSError):
+                    close()
         self._open = {}
 
     def read(self, b: int) -> pa.Table | None:
@@ -512,7 +620,7 @@ class _BucketIndex:
         self.count_keys = {
             c.name: sorted_keys(self.group_codes(c.scope), of(c.events)) for c in m.counts
         }
-        self.exposures = np.flatnonzero(self.event == event_code[m.exposure])
+        self.exposures = np.flatnonzero(of(m.exposure_types))
 
     def group_codes(self, scope: str) -> np.ndarray:
         """Per event: its user (``user``), (user, item) or (user, attribute) code."""
@@ -618,6 +726,10 @@ class _BucketBuilder:
         for lb in self.m.labels:
             if lb.exposure:
                 labels[lb.name] = req.is_exposure.astype(np.int8)
+                continue
+            if lb.condition is not None:
+                passed = index.table[_condition_column(lb.name)].to_numpy()[req.src] > 0
+                labels[lb.name] = (req.is_exposure & passed).astype(np.int8)
                 continue
             keys = index.label_keys[lb.name]
             hits = _window_count(keys, req.pair, req.rel, req.rel + lb.window, "right")
@@ -765,6 +877,32 @@ def _auto_buckets(files: list[Path], mapping: EventMapping, options: StreamingOp
     return max(1, min(4096, math.ceil(size / options.bucket_input_bytes)))
 
 
+def _duration(seconds: int) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h {rest // 60:02d}m" if hours else f"{rest // 60}m {rest % 60:02d}s"
+
+
+def _check_span(normalizer: _Normalizer, m: EventMapping, report: QualityReport) -> None:
+    """Warn when the kept events span less than a day (or than the longest label
+    window): label windows of the later exposures reach past the log's end."""
+    if normalizer.first_ts is None or normalizer.last_ts is None:
+        return
+    span = normalizer.last_ts - normalizer.first_ts
+    window = max((lb.window for lb in m.labels if lb.events), default=0)
+    if span >= max(86400, window):
+        return
+    tz = m.time.tz
+    first, last = (
+        dt.datetime.fromtimestamp(t, tz).isoformat()
+        for t in (normalizer.first_ts, normalizer.last_ts)
+    )
+    cut = f"; label windows (up to {_duration(window)}) are cut off at its end" if window else ""
+    report.warn(
+        f"the log spans only {_duration(span)} ({first} .. {last}), less than one day{cut}, "
+        "so late exposures read as negatives, and there is no later day to evaluate on"
+    )
+
+
 def prepare_events(
     events: str | Path | Sequence[str | Path],
     mapping: EventMapping,
@@ -794,25 +932,31 @@ def prepare_events(
     )
     k = _auto_buckets(files, m, options)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:  # fail before the long pass 1
-        raise DhenCvrError(f"{out} exists and is not empty (pass --overwrite to replace it)")
-    tmp_parent = options.tmp_dir or out.parent
-    tmp_parent.mkdir(parents=True, exist_ok=True)
-    spill_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.spill-", dir=tmp_parent))
+    # fail before the long pass 1
+    check_replaceable(out, DATA_MARKER, "a data set", overwrite=overwrite)
+    spill_root = make_work_folder(options.tmp_dir or out.parent, out.name, "spill")
     try:
         reader = _EventReader(m, options)
         normalizer = _Normalizer(m, report)
         spiller = _Spiller(spill_root, k, options.spill_rows)
         distinct = {key: DistinctCounter() for key in ["user", "item", *m.attributes]}
-        for file in files:
-            for batch in reader.batches(file):
-                table = normalizer.normalize(batch, file)
-                distinct["user"].add(table["user"])
-                distinct["item"].add(table["item"])
-                for a in m.attributes:
-                    distinct[a].add(table[f"attr_{a}"])
-                spiller.add(table)
-        spiller.close()
+        try:
+            for file in files:
+                for batch in reader.batches(file):
+                    table = normalizer.normalize(batch, file)
+                    distinct["user"].add(table["user"])
+                    distinct["item"].add(table["item"])
+                    for a in m.attributes:
+                        distinct[a].add(table[f"attr_{a}"])
+                    spiller.add(table)
+            spiller.close()
+            if reader.headers_skipped:
+                report.count("header_rows_skipped", reader.headers_skipped)
+        except OSError as err:  # reading errors are DataErrors by now: this is the spill
+            spiller.abort()
+            raise write_failure(
+                err, spill_root, " (the bucket spill files; --tmp-dir puts them elsewhere)"
+            ) from None
         buckets = {key: m.hashing.size(key, c.count) for key, c in distinct.items()}
         report.id_stats = {
             key: {"distinct": distinct[key].count, "buckets": buckets[key]} for key in distinct
@@ -831,9 +975,11 @@ def prepare_events(
                     del table
             if report.examples == 0:
                 raise DhenCvrError(
-                    f"no examples: no {m.exposure!r} exposure event survived "
+                    f"no examples: no exposure event ({', '.join(m.exposure_types)}) survived "
                     f"({report.rows_read:,} rows read, dropped {report.dropped})"
                 )
+            report.check_labels()
+            _check_span(normalizer, m, report)
             writer.write_spec(event_spec(m, buckets))
             report.save(writer)
     finally:

@@ -3,8 +3,10 @@
 Two kinds, told apart by ``kind:``:
 
 ``kind: events`` (:class:`EventMapping`, ``prepare-events``): an event log with one row
-per (user, item, event type, time). One example is written per *exposure* event; labels
-are later events of the same (user, item); sequences are the user's earlier events::
+per (user, item, event type, time). One example is written per *exposure* event
+(``exposure``: one event type or a list); labels are later events of the same (user,
+item) or a ``condition`` on the exposure row's own value (``rating >= 4``); sequences
+are the user's earlier events::
 
     kind: events
     name: taobao-userbehavior
@@ -66,6 +68,7 @@ __all__ = [
     "TableColumn",
     "TableMapping",
     "TimeConfig",
+    "ValueCondition",
     "load_mapping",
     "load_preset",
     "parse_timezone",
@@ -185,24 +188,49 @@ class TimeConfig(_Strict):
         return start, end
 
 
+class ValueCondition(_Strict):
+    """A test on the exposure row's own ``column`` (a source column of the log):
+    ``column op value``, e.g. ``{column: rating, op: ">=", value: 4}``. Ordering ops need
+    numbers; ``==`` / ``!=`` also take strings. A null value fails the test."""
+
+    column: str
+    op: Literal["==", "!=", ">", ">=", "<", "<="]
+    value: float | str
+
+    @model_validator(mode="after")
+    def _numeric_order(self) -> ValueCondition:
+        if isinstance(self.value, str) and self.op not in ("==", "!="):
+            raise ValueError(f"op {self.op!r} needs a number, got {self.value!r}")
+        return self
+
+
 class LabelRule(_Strict):
-    """One head. ``events``: 1 when the same user has one of these events on the same item
-    at a time ``t`` with ``exposure_ts <= t <= exposure_ts + window`` (both ends
-    inclusive: one second after the window closes is a negative). ``exposure: true``
-    instead: 1 on every real exposure, 0 on sampled negatives (needs ``negatives``).
+    """One head, defined by exactly one of:
+
+    - ``events``: 1 when the same user has one of these events on the same item at a
+      time ``t`` with ``exposure_ts <= t <= exposure_ts + window`` (both ends inclusive:
+      one second after the window closes is a negative);
+    - ``condition``: 1 when the exposure row's own value passes the test
+      (:class:`ValueCondition`, e.g. ``rating >= 4``); 0 on sampled negatives;
+    - ``exposure: true``: 1 on every real exposure, 0 on sampled negatives (needs
+      ``negatives``).
+
     ``mask`` names another label: this head is defined only where that label is 1."""
 
     name: str
     events: list[str] = Field(default_factory=list)
     window: Duration = 86400
     exposure: bool = False
+    condition: ValueCondition | None = None
     mask: str | None = None
     serve: bool = True
 
     @model_validator(mode="after")
     def _one_definition(self) -> LabelRule:
-        if bool(self.events) == self.exposure:
-            raise ValueError("give exactly one of 'events' (a list) or 'exposure: true'")
+        if bool(self.events) + self.exposure + (self.condition is not None) != 1:
+            raise ValueError(
+                "give exactly one of 'events' (a list), 'condition' or 'exposure: true'"
+            )
         return self
 
 
@@ -274,7 +302,7 @@ class EventMapping(_Strict):
     columns: ColumnsConfig
     time: TimeConfig = TimeConfig()
     event_types: list[str] = Field(min_length=1)
-    exposure: str
+    exposure: str | list[str]
     labels: list[LabelRule] = Field(min_length=1)
     sequences: list[SequenceRule] = Field(default_factory=list)
     counts: list[CountRule] = Field(default_factory=list)
@@ -301,7 +329,9 @@ class EventMapping(_Strict):
                     f"{where}: event type(s) {bad} not in event_types {self.event_types}"
                 )
 
-        check_events("exposure", [self.exposure])
+        if not self.exposure_types:
+            raise ValueError("exposure: give an event type or a list of them")
+        check_events("exposure", self.exposure_types)
         label_names = [lb.name for lb in self.labels]
         for lb in self.labels:
             check_events(f"labels[{lb.name!r}]", lb.events)
@@ -332,9 +362,7 @@ class EventMapping(_Strict):
             if bad:
                 raise ValueError(f"downsample.labels: {bad} are not labels {label_names}")
         if self.source.column_names is not None:
-            missing = [
-                c for c in self.columns.source_columns() if c not in self.source.column_names
-            ]
+            missing = [c for c in self.source_columns() if c not in self.source.column_names]
             if missing:
                 raise ValueError(f"columns {missing} are not in source.column_names")
         outputs = self.output_columns()
@@ -344,6 +372,20 @@ class EventMapping(_Strict):
         return self
 
     # ---- derived names -----------------------------------------------------------
+    @property
+    def exposure_types(self) -> list[str]:
+        """The event types that are exposures (one example each)."""
+        return [self.exposure] if isinstance(self.exposure, str) else list(self.exposure)
+
+    @property
+    def condition_labels(self) -> list[LabelRule]:
+        return [lb for lb in self.labels if lb.condition is not None]
+
+    def source_columns(self) -> list[str]:
+        """Every source column read: the mapped ones, then label condition columns."""
+        conditions = [lb.condition.column for lb in self.labels if lb.condition is not None]
+        return list(dict.fromkeys([*self.columns.source_columns(), *conditions]))
+
     @property
     def attributes(self) -> list[str]:
         return list(self.columns.item_attributes)
@@ -363,7 +405,7 @@ class EventMapping(_Strict):
             return []
         if self.downsample.labels:
             return list(self.downsample.labels)
-        return [lb.name for lb in self.labels if not lb.exposure]
+        return [lb.name for lb in self.labels if not lb.exposure]  # events and conditions
 
     def output_columns(self) -> list[str]:
         cols = ["ts", "user_id", self.item_column()]

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dhen_cvr.data.warning import warn
 from dhen_cvr.data.writer import DatasetWriter
 
 __all__ = ["DayStats", "QualityReport"]
@@ -70,6 +71,7 @@ class QualityReport:
             for name, (_, max_len) in self.sequences.items()
         }
         self.id_stats: dict[str, dict[str, int]] = {}
+        self.warnings: list[str] = []
 
     # ---- accumulation ------------------------------------------------------------
     def drop(self, reason: str, count: int) -> None:
@@ -101,6 +103,26 @@ class QualityReport:
         for name, (ts_col, max_len) in self.sequences.items():
             lengths = pc.list_value_length(table[ts_col]).to_numpy(zero_copy_only=False)
             self.length_hist[name] += np.bincount(lengths, minlength=max_len + 1)[: max_len + 1]
+
+    def warn(self, message: str) -> None:
+        """Record a warning (kept in ``_quality.json``) and emit it as a DataWarning."""
+        self.warnings.append(message)
+        warn(message)
+
+    def check_labels(self) -> None:
+        """Warn about heads without a single positive example (they cannot learn)."""
+        for name, count in self.positives.items():
+            if count == 0 and self.examples:
+                self.warn(
+                    f"label {name!r} has no positive example in {self.examples:,} examples: "
+                    "that head cannot learn; check its events/condition and window"
+                )
+
+    def time_span(self) -> tuple[int, int] | None:
+        """(first, last) request time over all days, unix seconds; None without rows."""
+        lows = [s.min_ts for s in self.days.values() if s.min_ts is not None]
+        highs = [s.max_ts for s in self.days.values() if s.max_ts is not None]
+        return (min(lows), max(highs)) if lows and highs else None
 
     # ---- rendering -----------------------------------------------------------------
     def _time(self, ts: int | None) -> str | None:
@@ -146,6 +168,7 @@ class QualityReport:
             "rows_dropped_total": sum(self.dropped.values()),
             "examples": self.examples,
             "counters": dict(self.counters),
+            "warnings": list(self.warnings),
             "labels": labels,
             "sequences": {name: self._sequence_stats(name) for name in self.sequences},
             "ids": self.id_stats,
@@ -198,6 +221,7 @@ class QualityReport:
             lines.append(
                 f"  day {day}: {s['examples']:,} examples, {s['first_request']} .. {s['last_request']}"
             )
+        lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def save(self, writer: DatasetWriter) -> None:

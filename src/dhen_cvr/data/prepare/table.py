@@ -21,7 +21,7 @@ nothing is written then. Files are read in blocks, so size is not limited by mem
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -154,6 +154,31 @@ class _TableConverter:
         return pa.table(cols)
 
 
+def _csv_batches(
+    file: Path, needed: list[str], delimiter: str, block_size: int
+) -> Iterator[pa.RecordBatch]:
+    """The ``needed`` columns of one CSV in blocks; unreadable input is a DataError."""
+    read = pacsv.ReadOptions(block_size=block_size, use_threads=False)
+    parse = pacsv.ParseOptions(delimiter=delimiter)
+    try:
+        with pa.input_stream(str(file), compression="detect") as stream:
+            probe = pacsv.open_csv(stream, read_options=read, parse_options=parse)
+            missing = [c for c in needed if c not in probe.schema.names]
+            if missing:
+                raise DataError(
+                    f"column not found; the file has columns {probe.schema.names}",
+                    file=str(file),
+                    column=missing[0],
+                )
+        convert = pacsv.ConvertOptions(include_columns=needed)
+        with pa.input_stream(str(file), compression="detect") as stream:
+            yield from pacsv.open_csv(
+                stream, read_options=read, parse_options=parse, convert_options=convert
+            )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
+        raise DataError(f"cannot read: {err}", file=str(file)) from None
+
+
 def prepare_table(
     csvs: str | Path | Sequence[str | Path],
     mapping: TableMapping,
@@ -178,30 +203,18 @@ def prepare_table(
             day = start_date + dt.timedelta(days=i)
             ts = int(dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc).timestamp())
             rows = 0
-            read = pacsv.ReadOptions(block_size=block_size, use_threads=False)
-            parse = pacsv.ParseOptions(delimiter=mapping.delimiter)
-            try:
-                with pa.input_stream(str(file), compression="detect") as stream:
-                    probe = pacsv.open_csv(stream, read_options=read, parse_options=parse)
-                    missing = [c for c in needed if c not in probe.schema.names]
-                    if missing:
-                        raise DataError(
-                            f"column not found; the file has columns {probe.schema.names}",
-                            file=str(file),
-                            column=missing[0],
-                        )
-                convert = pacsv.ConvertOptions(include_columns=needed)
-                with pa.input_stream(str(file), compression="detect") as stream:
-                    reader = pacsv.open_csv(
-                        stream, read_options=read, parse_options=parse, convert_options=convert
-                    )
-                    for batch in reader:
-                        table = converter.convert(batch, file, rows, ts)
-                        rows += batch.num_rows
-                        report.add_examples(day.isoformat(), table)
-                        buffers.add(day.isoformat(), table)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
-                raise DataError(f"cannot read: {err}", file=str(file)) from None
+            for batch in _csv_batches(file, needed, mapping.delimiter, block_size):
+                table = converter.convert(batch, file, rows, ts)
+                rows += batch.num_rows
+                report.add_examples(day.isoformat(), table)
+                buffers.add(day.isoformat(), table)
+            if rows == 0:
+                raise DataError(
+                    f"no data rows (a header only); each --csv is one day, so day {i + 1} "
+                    f"({day}) would be missing and the later days would be numbered one "
+                    "lower: drop the file or give it rows",
+                    file=str(file),
+                )
             report.rows_read += rows
         buckets = {
             name: mapping.hashing.size(name, counter.count)
