@@ -70,7 +70,7 @@ def write_prepared_table(out: Path) -> Path:
 def test_project_data_folders_open_in_pyarrow_and_duckdb(writer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = writer(tmp_path / "data")
     metadata = sorted(p.name for p in out.iterdir() if p.is_file())
-    assert metadata and all(name.startswith("_") for name in metadata), metadata
+    assert metadata and all(name.startswith(("_", ".")) for name in metadata), metadata
     assert (out / SPEC_FILE).is_file()
     rows = sum(pq.read_metadata(f).num_rows for f in out.glob("dt=*/*.parquet"))
     dataset = ds.dataset(out, format="parquet", partitioning="hive")
