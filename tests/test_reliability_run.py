@@ -352,7 +352,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_can_be_run_again(
     assert code == 2
     one_error(err, "cannot write checkpoint", "no checkpoint yet")
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["checkpoints", "config.yaml", "metrics.jsonl", "run.json"]
+    assert names == ["checkpoints", "config.yaml", "data_notes.json", "metrics.jsonl", "run.json"]
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [2]
     (out / "notes.txt").write_text("mine\n")  # a file the user put there
 

@@ -4,7 +4,7 @@ resume (DESIGN section 5)::
     RUN/config.yaml        the experiment config
     RUN/run.json           data folder, training days, warm start
     RUN/checkpoints/       see :mod:`dhen_cvr.runtime.checkpoint`
-    RUN/metrics.jsonl, RUN/tb/, RUN/eval.json
+    RUN/metrics.jsonl, RUN/tb/, RUN/eval.json, RUN/data_notes.json
 
 A run folder without a checkpoint is a failed start (it stopped before its first save):
 starting the same run there again is allowed, and replaces only the files a run writes.
@@ -76,7 +76,7 @@ def clear_failed_start(run: Path) -> None:
         f"{run} holds a run that stopped before its first checkpoint; starting it again "
         "(its metrics.jsonl and TensorBoard events are replaced)"
     )
-    for name in ("metrics.jsonl", "eval.json"):
+    for name in ("metrics.jsonl", "eval.json", "data_notes.json"):
         (run / name).unlink(missing_ok=True)
     for event in (run / "tb").glob("events.out.tfevents.*"):
         event.unlink()
