@@ -22,6 +22,7 @@ _COMMAND_MODULES = [
     "dhen_cvr.cli.eval",
     "dhen_cvr.cli.study",
     "dhen_cvr.cli.baseline",
+    "dhen_cvr.cli.search",
 ]
 
 app = typer.Typer(
