@@ -8,7 +8,10 @@ trials train in ``OUT/runs/<key>/``; each finished one is appended to the store 
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import signal
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -18,6 +21,13 @@ from dhen_cvr.search.space import Candidate, SearchSpace
 from dhen_cvr.search.store import TrialRecord, TrialStore
 
 __all__ = ["TrialRunner"]
+
+
+def _die_with_parent() -> None:
+    """A worker is killed with the search (Linux ``PR_SET_PDEATHSIG``), so that after a
+    ``kill -9`` no orphan keeps training into a folder the resumed search reuses."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _trial_in_worker(
@@ -80,7 +90,9 @@ class TrialRunner:
                 self._record(record, done)
         else:
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
+            with ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=context, initializer=_die_with_parent
+            ) as pool:
                 futures = [
                     pool.submit(
                         _trial_in_worker,

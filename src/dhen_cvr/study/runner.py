@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,9 @@ from dhen_cvr.pipeline import train_and_evaluate
 from dhen_cvr.study.plot import plot_lift
 from dhen_cvr.study.report import lift_markdown, lift_rows, load_reports
 
-__all__ = ["StudyConfig", "StudyResult", "load_study", "run_study", "summarize"]
+__all__ = ["StudyConfig", "StudyResult", "copy_report", "load_study", "run_study", "summarize"]
+
+REPORT_FILES = ("report.md", "lift.png", "summary.md", "summary.json", "study.json")
 
 SUMMARY_METRICS = (
     "roc_auc",
@@ -249,6 +252,16 @@ def summarize(out: str | Path, study: StudyConfig) -> StudyResult:
         + "\n"
     )
     return StudyResult(out, summary, oracle, heads, served, markdown)
+
+
+def copy_report(out: str | Path, dest: str | Path) -> Path:
+    """Copy a study's report files (not its run folders) to ``dest`` (e.g. reports/<study>)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        if (Path(out) / name).is_file():
+            shutil.copyfile(Path(out) / name, dest / name)
+    return dest
 
 
 def _headline(out: Path, study: StudyConfig, days: list[str]) -> str:
