@@ -286,3 +286,22 @@ def test_compare_paretonet_random_and_nsga2_at_equal_budget(data: Path, tmp_path
     assert "| paretonet |" in (tmp_path / "c" / "compare.md").read_text()
     with pytest.raises(DhenCvrError, match="unknown search method"):
         compare_searches(space, data, "1", "2", tmp_path / "c", budget=3, seeds=[0], methods=["x"])
+
+
+def test_cli_bad_space_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dhen_cvr.cli import main
+
+    bad = yaml.safe_load(_space_file(tmp_path).read_text())
+    bad["dimensions"]["layers"] = [0, 1]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    argv = ["dhen-cvr", "search", "--space", str(tmp_path / "bad.yaml"), "--data", str(tmp_path)]
+    argv += ["--train-days", "1", "--eval-days", "2", "--trials", "3", "--out", str(tmp_path / "o")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.yaml" in err and "layers" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -119,7 +119,14 @@ def ordering_note(rows: list[LiftRow]) -> str:
     """Plain words: does the paper's ordering of the rows it reports reproduce?"""
     paired = [r for r in rows if r.paper is not None and r.lift[2] > 0 and r.kind != "baseline"]
     if len(paired) < 1:
-        return "The paper gives no number for these rows to compare with."
+        ours = sorted(
+            (r for r in rows if r.kind == "variant" and r.lift[2]), key=lambda r: -r.lift[0]
+        )
+        return (
+            "The paper gives no number for these rows; our ordering (mean lift): "
+            + " > ".join(f"{r.name} ({r.lift[0]:+.2f}% ± {r.lift[1]:.2f})" for r in ours)
+            + "."
+        )
     by_paper = sorted(paired, key=lambda r: -(r.paper or 0.0))
     by_ours = sorted(paired, key=lambda r: -r.lift[0])
     signs = [r for r in paired if (r.paper or 0.0) * r.lift[0] > 0]
