@@ -86,13 +86,13 @@ def plot_hypervolume(
     title: str = "Hypervolume of the measured front vs real trainings",
 ) -> Path:
     """``curves[method]`` = one hypervolume-per-trial list per search seed; the mean
-    line with a band of +- one std over seeds."""
+    line with a band of +- one sample std over seeds."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, per_seed in curves.items():
         values = np.asarray(per_seed, dtype=float)
         x = np.arange(1, values.shape[1] + 1)
         mean = values.mean(axis=0)
-        std = values.std(axis=0)
+        std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
         ax.plot(x, mean, marker="o", ms=3, label=f"{method} (n={len(values)} seeds)")
         ax.fill_between(x, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("real trainings")
