@@ -28,6 +28,7 @@ _COMMAND_MODULES = [
     "dhen_cvr.cli.study",
     "dhen_cvr.cli.baseline",
     "dhen_cvr.cli.serve",
+    "dhen_cvr.cli.search",
 ]
 
 app = typer.Typer(

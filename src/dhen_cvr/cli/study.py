@@ -25,9 +25,13 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Option([], "--set", help="override for every run"),
         only: list[str] = typer.Option([], "--only", help="run only these variants"),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+        report: Path | None = typer.Option(
+            None, "--report", help="also copy report.md, lift.png and summary.* here"
+        ),
     ) -> None:
-        """Train + evaluate each variant x seed of a study; print mean ± std vs the oracle."""
-        from dhen_cvr.study.runner import load_study, run_study
+        """Train + evaluate each variant x seed of a study; print mean ± std vs the oracle
+        (and, with `baseline:` in the study, the lift table and plot)."""
+        from dhen_cvr.study.runner import copy_report, load_study, run_study
 
         result = run_study(
             load_study(study),
@@ -42,3 +46,5 @@ def register(app: typer.Typer) -> None:
         )
         typer.echo(result.markdown)
         typer.echo(f"summary: {result.out / 'summary.md'}")
+        if report is not None:
+            typer.echo(f"report copied to {copy_report(result.out, report)}")

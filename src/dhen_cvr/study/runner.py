@@ -15,6 +15,15 @@ Study file::
       mlp: {model.dhen.layers: [...], loss.ssl.objective: none}
     baselines:                      # GBDT yardsticks (dhen_cvr.baseline), same days/seeds
       gbdt: {}                      # overrides of BaselineConfig, e.g. {gbdt.num_trees: 800}
+    # optional: the headline table and plot (dhen_cvr.study.report / .plot)
+    title: "Figure 5: single modules vs DHEN"
+    baseline: mlp                   # the variant every lift is measured against
+    lift_metric: roc_auc            # or pr_auc (paper Table 3)
+    paper: {dhen: 0.31}             # the paper's lift in % per variant (null: not given)
+    paper_note: "..."               # what the paper says, in words
+
+With ``baseline:`` set, the summary adds ``report.md`` (lift table with the paper's number,
+GBDT and oracle rows) and ``lift.png``.
 
 Overrides are applied in the order base file, ``set``, the variant, then the caller's.
 Baselines take only their own overrides (and ``seed``); they appear in the summary as
@@ -25,21 +34,26 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dhen_cvr.baseline import load_baseline_config, train_baseline
 from dhen_cvr.config import load_experiment_config
 from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.eval.evaluate import EvalReport
 from dhen_cvr.pipeline import train_and_evaluate
+from dhen_cvr.study.plot import plot_lift
+from dhen_cvr.study.report import lift_markdown, lift_rows, load_reports
 
-__all__ = ["StudyConfig", "StudyResult", "load_study", "run_study", "summarize"]
+__all__ = ["StudyConfig", "StudyResult", "copy_report", "load_study", "run_study", "summarize"]
+
+REPORT_FILES = ("report.md", "lift.png", "summary.md", "summary.json", "study.json")
 
 SUMMARY_METRICS = (
     "roc_auc",
@@ -67,6 +81,24 @@ class StudyConfig(BaseModel):
     set: dict[str, Any] = Field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
     baselines: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    title: str | None = None
+    baseline: str | None = None
+    lift_metric: Literal["roc_auc", "pr_auc"] = "roc_auc"
+    paper: dict[str, float | None] = Field(default_factory=dict)
+    paper_note: str | None = None
+
+    @model_validator(mode="after")
+    def _known_names(self) -> StudyConfig:
+        if self.baseline is not None and self.baseline not in self.variants:
+            raise ValueError(
+                f"baseline {self.baseline!r} is not one of the variants {list(self.variants)}"
+            )
+        unknown = sorted(set(self.paper) - set(self.variants))
+        if unknown:
+            raise ValueError(
+                f"paper names unknown variants {unknown}; known: {list(self.variants)}"
+            )
+        return self
 
     @property
     def names(self) -> list[str]:
@@ -211,6 +243,9 @@ def summarize(out: str | Path, study: StudyConfig) -> StudyResult:
     }
     markdown = _markdown(summary, oracle, heads, served, first.days)
     (out / "summary.md").write_text(markdown + "\n")
+    if study.baseline is not None:
+        headline = _headline(out, study, first.days)
+        markdown = headline + "\n\n" + markdown
     (out / "summary.json").write_text(
         json.dumps(
             {"days": first.days, "heads": heads, "summary": summary, "oracle": oracle},
@@ -220,6 +255,40 @@ def summarize(out: str | Path, study: StudyConfig) -> StudyResult:
         + "\n"
     )
     return StudyResult(out, summary, oracle, heads, served, markdown)
+
+
+def copy_report(out: str | Path, dest: str | Path) -> Path:
+    """Copy a study's report files (not its run folders) to ``dest`` (e.g. reports/<study>)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        if (Path(out) / name).is_file():
+            shutil.copyfile(Path(out) / name, dest / name)
+    return dest
+
+
+def _headline(out: Path, study: StudyConfig, days: list[str]) -> str:
+    """``report.md`` and ``lift.png``: lift vs the declared baseline, the paper beside."""
+    assert study.baseline is not None
+    rows = lift_rows(
+        load_reports(out, study.names, study.seeds),
+        study.baseline,
+        study.lift_metric,
+        gbdt=list(study.baselines),
+        paper=study.paper,
+    )
+    text = lift_markdown(
+        rows,
+        study.baseline,
+        study.lift_metric,
+        days,
+        study.seeds,
+        title=study.title,
+        paper_note=study.paper_note,
+    )
+    (out / "report.md").write_text(text + "\n")
+    plot_lift(out / "lift.png", rows, study.baseline, study.lift_metric, study.title)
+    return text
 
 
 def _mean_std(values: list[float]) -> tuple[float, float, int]:
