@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="tiny", choices=["tiny", "paper"])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=12_000, help="impressions in the day")
+    parser.add_argument("--rows", type=int, default=4000, help="impressions in the day")
     parser.add_argument("--seq-cap", type=int, default=32)
     parser.add_argument("--compile", action="store_true", help="the trainer with compile")
     parser.add_argument("--seed", type=int, default=0)

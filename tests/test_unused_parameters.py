@@ -16,7 +16,6 @@ from dhen_cvr.train.losses import MultiTaskBCELoss, build_ssl_loss
 from dhen_cvr.train.trainer import TrainingObjective, needs_unused_parameters
 from train_world import make_world, tiny_config
 
-
 EVERY = "loss.ssl.weights={search: 0.1, org: 0.1, ads: 0.1, match: 0.1, conv: 0.1}"
 
 
