@@ -336,8 +336,16 @@ class Trainer:
 
         if not self.objective.training:
             self.ddp.train()
-        with self._autocast:
-            objective, terms = self.ddp(batch, self.generator, head_share, row_share)
+        try:
+            with self._autocast:
+                objective, terms = self.ddp(batch, self.generator, head_share, row_share)
+        except RuntimeError as err:
+            if "find_unused_parameters" not in str(err):
+                raise
+            raise DhenCvrError(
+                "DDP: some parameters got no gradient in the previous step; set "
+                "train.find_unused_parameters=true for this config"
+            ) from None
         objective.backward()
         tc = self.config.train
         if tc.grad_clip > 0:
