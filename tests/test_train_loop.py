@@ -195,7 +195,9 @@ def test_mlm_heads_train_on_the_clean_pass(data: Path) -> None:
     objective = TrainingObjective(model, supervised, build_ssl_loss(config.loss.ssl))
     batch = next(iter(ParquetBatchStream(select_days(data, "1"), spec, batch_size=64)))
     heads = len(spec.label_names)
-    _, terms = objective(batch, torch.Generator().manual_seed(0), torch.ones(heads), 1.0)
+    share = torch.ones(heads), torch.tensor(1.0)
+    _, logged = objective(batch, torch.Generator().manual_seed(0), *share)
+    terms = objective.named_terms(logged)
     clean = model(batch).logits
     expected, _ = supervised(clean, batch.labels, batch.label_mask, batch.weight)
     torch.testing.assert_close(terms["loss/supervised"], expected)

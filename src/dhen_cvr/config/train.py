@@ -45,6 +45,12 @@ class TrainConfig(BaseModel):
     tensorboard: bool = True
     # After training, fit each head's intercept on the training days (train/recalibrate.py).
     recalibrate: bool = True
+    # torch.compile the training objective (model + losses); the first steps pay for the
+    # compilation (benchmarks/bench_peers.py --compile measures it on and off).
+    compile: bool = False
+    # DDP's find_unused_parameters: "auto" turns it on only when the config leaves some
+    # parameters out of the loss (a sequence without SSL weight: its SSL projections).
+    find_unused_parameters: Literal["auto"] | bool = "auto"
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> TrainConfig:

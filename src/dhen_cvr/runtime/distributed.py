@@ -3,6 +3,14 @@
 Under ``torchrun --nproc_per_node K`` (the environment has ``RANK``/``WORLD_SIZE``) the
 process group is created once per process (gloo on CPU, NCCL on GPU) and lives until
 exit; in a plain process every helper here is a no-op, so the trainer has one code path.
+
+Collectives run where the process group can run them: NCCL takes only CUDA tensors
+(on the current device, which :func:`init_distributed` sets to ``LOCAL_RANK``), gloo
+only CPU ones, so :func:`all_reduce_sum` moves its tensor to :func:`collective_device`
+and back. Pickled objects (:func:`all_gather_objects`, :func:`broadcast_object`) travel
+over a gloo group next to an NCCL one, so gathering evaluation scores neither needs the
+current device set right nor fills GPU memory (``torch.distributed`` documents that its
+object collectives under NCCL stage through ``torch.cuda.current_device()``).
 :class:`SyncBatchNorm1d` makes BatchNorm see the global batch (torch's own
 ``SyncBatchNorm`` is GPU-only), so a K-process run trains the one-process model.
 """
@@ -29,11 +37,13 @@ __all__ = [
     "all_reduce_sum",
     "barrier",
     "broadcast_object",
+    "collective_device",
     "init_distributed",
     "is_main_process",
     "pick_device",
     "set_contributes",
     "sync_batchnorm",
+    "sync_batchnorm_layers",
 ]
 
 
@@ -86,20 +96,58 @@ def is_main_process() -> bool:
 
 def _destroy() -> None:
     if dist.is_initialized():
+        _OBJECT_GROUP.clear()
         dist.destroy_process_group()
 
 
+def _uses_nccl() -> bool:
+    return dist.is_initialized() and dist.get_backend() == "nccl"
+
+
+def collective_device() -> torch.device:
+    """The device the default process group's tensors must be on: the current CUDA
+    device under NCCL, else the CPU (gloo, or no process group)."""
+    if _uses_nccl():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+_OBJECT_GROUP: list[Any] = []  # the gloo group for pickled objects under NCCL (made once)
+
+
+def _object_group() -> Any:
+    """None (the default group) unless it is NCCL; then a gloo group over the same ranks.
+    Created lazily inside an object collective, which every rank enters in the same
+    order, as ``new_group`` requires."""
+    if not _uses_nccl():
+        return None
+    if not _OBJECT_GROUP:
+        _OBJECT_GROUP.append(dist.new_group(backend="gloo"))
+    return _OBJECT_GROUP[0]
+
+
 def all_reduce_sum(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum over ranks (in place; returned for convenience)."""
+    """Element-wise sum over ranks (in place; returned for convenience). ``values`` may
+    live on any device; it is reduced on :func:`collective_device` (without a host sync
+    when that is its own device)."""
     if ctx.is_distributed:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        device = collective_device()
+        if values.device == device:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        else:
+            moved = values.to(device)
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            values.copy_(moved)
     return values
 
 
 def barrier(ctx: DistContext) -> None:
     """Wait until every rank gets here."""
     if ctx.is_distributed:
-        dist.barrier()
+        if _uses_nccl():  # name the device, or NCCL guesses one per rank
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def broadcast_object(ctx: DistContext, obj: Any) -> Any:
@@ -107,16 +155,16 @@ def broadcast_object(ctx: DistContext, obj: Any) -> Any:
     if not ctx.is_distributed:
         return obj
     box = [obj if ctx.is_main else None]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_object_group())
     return box[0]
 
 
 def all_gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
-    """Every rank's ``obj``, in rank order."""
+    """Every rank's ``obj``, in rank order (any backend: see the module docstring)."""
     if not ctx.is_distributed:
         return [obj]
     out: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=_object_group())
     return out
 
 
@@ -161,16 +209,20 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
         assert self.running_mean is not None and self.running_var is not None
         assert self.num_batches_tracked is not None
         w = 1.0 if self.contributes else 0.0
-        n = torch.tensor([x.shape[0] * w], device=x.device)
-        dist.all_reduce(n)
-        count = float(n.item())
+        # The global row count stays a tensor: no host sync in the forward pass.
+        count = torch.full((1,), x.shape[0] * w, device=x.device, dtype=torch.float32)
+        dist.all_reduce(count)
         mean = _AllReduceSum.apply(x.sum(0) * w) / count
         var = _AllReduceSum.apply(((x - mean) ** 2).sum(0) * w) / count
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
-            m = self.momentum if self.momentum is not None else 1 / int(self.num_batches_tracked)
+            if self.momentum is not None:
+                m: float | torch.Tensor = self.momentum
+            else:
+                m = 1.0 / self.num_batches_tracked.float()
             self.running_mean.lerp_(mean.detach(), m)
-            self.running_var.lerp_(var.detach() * count / max(count - 1, 1), m)
+            unbiased = var.detach() * count / (count - 1).clamp_min(1)
+            self.running_var.lerp_(unbiased, m)
         y = (x - mean) * torch.rsqrt(var + self.eps)
         return y * self.weight + self.bias if self.affine else y
 
@@ -193,8 +245,12 @@ def sync_batchnorm(module: nn.Module) -> None:
             sync_batchnorm(child)
 
 
+def sync_batchnorm_layers(module: nn.Module) -> list[SyncBatchNorm1d]:
+    """The :class:`SyncBatchNorm1d` layers inside ``module`` (found once, set per step)."""
+    return [m for m in module.modules() if isinstance(m, SyncBatchNorm1d)]
+
+
 def set_contributes(module: nn.Module, contributes: bool) -> None:
     """Whether this rank's rows count in the :class:`SyncBatchNorm1d` statistics."""
-    for m in module.modules():
-        if isinstance(m, SyncBatchNorm1d):
-            m.contributes = contributes
+    for m in sync_batchnorm_layers(module):
+        m.contributes = contributes

@@ -99,6 +99,14 @@ class MultiTaskBCELoss(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """logits, labels, label_mask: ``B x H``; weight: ``B``. Returns the weighted total
         and each head's (unweighted by ``w_h``) mean BCE, all computed in float32+."""
+        total, per_head = self.head_means(logits, labels, label_mask, weight)
+        return total, dict(zip(self.head_names, per_head.unbind(0), strict=True))
+
+    def head_means(
+        self, logits: Tensor, labels: Tensor, label_mask: Tensor, weight: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` with the per-head means as one ``H`` tensor (the training
+        loop's form: no per-head Python work)."""
         dtype = torch.promote_types(logits.dtype, torch.float32)
         logits = logits.to(dtype)
         row_weight = label_mask.to(dtype) * weight.to(dtype)[:, None]  # B x H
@@ -109,7 +117,7 @@ class MultiTaskBCELoss(nn.Module):
         denominator = row_weight.sum(0).clamp_min(torch.finfo(dtype).tiny)
         per_head = weighted.sum(0) / denominator  # H
         total = (per_head * self.head_weight.to(dtype)).sum()
-        return total, dict(zip(self.head_names, per_head.unbind(0), strict=True))
+        return total, per_head
 
     def _negative_log_likelihood(self, logits: Tensor, labels: Tensor) -> Tensor:
         """``B x H`` per-entry BCE of the formulation's probability."""

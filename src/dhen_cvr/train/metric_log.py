@@ -16,47 +16,33 @@ __all__ = ["MetricLog"]
 
 
 class MetricLog:
-    """Averages the step losses over ``every`` steps and writes them, with examples/s,
-    to ``RUN/metrics.jsonl`` (one JSON object per line) and TensorBoard ``RUN/tb``.
-    Rank 0 writes; every rank keeps the window so ``add`` returns the same record."""
+    """Writes one record per log window (the trainer's mean step losses, examples/s since
+    the previous record, lr, epoch) to ``RUN/metrics.jsonl`` (one JSON object per line)
+    and TensorBoard ``RUN/tb``. Rank 0 writes; every rank returns the same record."""
 
-    def __init__(self, run: Path, ctx: DistContext, *, tensorboard: bool, every: int) -> None:
+    def __init__(
+        self, run: Path, ctx: DistContext, *, tensorboard: bool, examples_seen: int
+    ) -> None:
         self.path = run / "metrics.jsonl" if ctx.is_main else None
-        self.every = every
         self.writer: Any = None
-        self._last: tuple[TrainProgress, float, int] = (TrainProgress(), 0.0, 0)
         if ctx.is_main and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run / "tb"))
-        self._reset()
-
-    def _reset(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.steps = 0
         self.started = time.perf_counter()
+        self.examples = examples_seen  # at the start of the first window
 
-    def add(
-        self, progress: TrainProgress, losses: dict[str, float], *, lr: float, epoch: int
-    ) -> dict[str, float] | None:
-        """Add one step's losses; every ``every`` steps write and return the window's
-        record (mean losses, examples/s, and the lr and epoch of its last step)."""
-        for key, value in losses.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.steps += 1
-        self._last = (progress, lr, epoch)
-        return self.flush() if self.steps >= self.every else None
-
-    def flush(self) -> dict[str, float] | None:
-        """Write the window so far (also a partial one: the end of a run shorter than, or
-        not a multiple of, ``every`` steps); None when it is empty."""
-        if not self.steps:
-            return None
-        progress, lr, epoch = self._last
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        record = {k: v / self.steps for k, v in self.sums.items() if k != "examples"}
-        record |= {"examples_per_s": self.sums["examples"] / elapsed, "lr": lr, "epoch": epoch}
-        self._reset()
+    def write(
+        self, progress: TrainProgress, means: dict[str, float], *, lr: float, epoch: int
+    ) -> dict[str, float]:
+        """Write and return the record of the window that ends at ``progress`` (``means``:
+        its mean losses; ``lr`` and ``epoch``: those of its last step)."""
+        now = time.perf_counter()
+        elapsed = max(now - self.started, 1e-9)
+        window_examples = progress.examples_seen - self.examples
+        record = dict(means)
+        record |= {"examples_per_s": window_examples / elapsed, "lr": lr, "epoch": epoch}
+        self.started, self.examples = now, progress.examples_seen
         if self.path is not None:
             line = {"step": progress.step, "examples_seen": progress.examples_seen, **record}
             try:

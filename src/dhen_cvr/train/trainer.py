@@ -12,7 +12,15 @@ losses by its share of the global batch (rows, and per head the label weight), s
 gradient *average* is the gradient of the global batch's mean even when ranks hold
 different numbers of rows; BatchNorm statistics are global too. A rank whose shard is
 exhausted keeps stepping with a placeholder batch of weight 0 until every rank is done,
-so uneven shards neither hang nor drop rows.
+so uneven shards neither hang nor drop rows. Every rank knows the epoch's step count from
+the Parquet metadata, so this costs one collective per epoch (a final check), not one
+per step.
+
+The hot path (DESIGN 5): the loss terms of each step are added up on the device and
+read back once per ``log_every`` steps (one collective, one host sync); the only
+per-step collective is the global normaliser of a multi-process step (a few floats, on
+the process group's device: CUDA under NCCL). AdamW is the fused kernel where the
+device has one (:mod:`dhen_cvr.train.optim`); ``train.compile`` compiles the objective.
 """
 
 from __future__ import annotations
@@ -49,8 +57,8 @@ from dhen_cvr.runtime.distributed import (
     all_gather_objects,
     all_reduce_sum,
     broadcast_object,
-    set_contributes,
     sync_batchnorm,
+    sync_batchnorm_layers,
 )
 from dhen_cvr.train.losses import (
     MaskedItemLoss,
@@ -62,7 +70,13 @@ from dhen_cvr.train.losses import (
 from dhen_cvr.train.metric_log import MetricLog
 from dhen_cvr.train.optim import build_optimizer, learning_rate
 
-__all__ = ["BatchHook", "TrainResult", "Trainer", "TrainingObjective"]
+__all__ = [
+    "BatchHook",
+    "TrainResult",
+    "Trainer",
+    "TrainingObjective",
+    "needs_unused_parameters",
+]
 
 BatchHook = Callable[[int, int, Batch], None]
 """``(epoch, step, batch)``, called before each optimiser step with this rank's batch
@@ -77,7 +91,7 @@ class TrainResult:
     checkpoint: Path
     progress: TrainProgress
     examples_per_s: float
-    train_loss: float
+    train_loss: float  # mean loss of the steps after the last log record (or of that record)
     model: CVRModel = field(repr=False, compare=False)
 
 
@@ -106,9 +120,10 @@ class TrainingObjective(nn.Module):
     eq. 2), so that DDP sees every parameter use (SSL targets are embedded by the model
     outside its own forward).
 
-    ``head_share`` (``H``) and ``row_share`` scale this rank's per-head and SSL means by
-    its share of the global batch (1 in a single process). Returns the objective to
-    differentiate and the unscaled loss terms for logging."""
+    ``head_share`` (``H``) and ``row_share`` (a scalar tensor) scale this rank's per-head
+    and SSL means by its share of the global batch (1 in a single process). Returns the
+    objective to differentiate and the unscaled loss terms for logging as one ``K``
+    vector, named by :attr:`term_names` (set by the first call)."""
 
     def __init__(
         self,
@@ -118,10 +133,11 @@ class TrainingObjective(nn.Module):
     ) -> None:
         super().__init__()
         self.model, self.supervised, self.ssl = model, supervised, ssl
+        self.term_names: list[str] = []
 
     def forward(
-        self, batch: Batch, generator: torch.Generator, head_share: Tensor, row_share: float
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+        self, batch: Batch, generator: torch.Generator, head_share: Tensor, row_share: Tensor
+    ) -> tuple[Tensor, Tensor]:
         parts = (batch.dense, batch.pretrained, batch.categorical, batch.sequences)
         if isinstance(self.ssl, MaskedItemLoss):
             # MLM: the heads train on a clean pass (as they are evaluated and served), the
@@ -133,26 +149,49 @@ class TrainingObjective(nn.Module):
             # per-position SSL outputs only when they are used
             out = self.model.encode(*parts, ssl=self.ssl is not None)
             ssl_encodings = out.sequences
-        supervised, per_head = self.supervised(
+        supervised, head_losses = self.supervised.head_means(
             out.logits, batch.labels, batch.label_mask, batch.weight
         )
-        head_losses = torch.stack(list(per_head.values()))
         objective = (self.supervised.head_weight * head_losses * head_share).sum()
-        terms = {f"loss/{h}": v for h, v in per_head.items()} | {"loss/supervised": supervised}
+        names = ["loss/supervised"]
+        terms = [supervised]
         loss = supervised
         keep_target = self.model.keep_target(batch.labels, batch.label_mask)
         if out.keep_logit is not None and keep_target is not None:
             keep = keep_bce(out.keep_logit, keep_target, batch.weight)
             objective = objective + keep * row_share
             loss = loss + keep
-            terms["loss/keep"] = keep
+            names.append("loss/keep")
+            terms.append(keep)
         if self.ssl is not None:
             ssl_total, per_seq = self.ssl(ssl_encodings, self.model, generator)
             objective = objective + ssl_total * row_share
             loss = loss + ssl_total
-            terms |= {f"ssl/{name}": v for name, v in per_seq.items()} | {"loss/ssl": ssl_total}
-        terms["loss"] = loss
-        return objective, terms
+            names += [f"ssl/{name}" for name in per_seq] + ["loss/ssl"]
+            terms += [*per_seq.values(), ssl_total]
+        names.append("loss")
+        terms.append(loss)
+        if not self.term_names:
+            self.term_names = [f"loss/{h}" for h in self.supervised.head_names] + names
+        logged = torch.cat([head_losses.detach().float(), torch.stack(terms).detach().float()])
+        return objective, logged
+
+    def named_terms(self, logged: Tensor) -> dict[str, Tensor]:
+        """The logged ``K`` vector of :meth:`forward` by term name."""
+        return dict(zip(self.term_names, logged.unbind(0), strict=True))
+
+
+def needs_unused_parameters(config: ExperimentConfig, spec: FeatureSpec) -> bool:
+    """Whether some parameters get no gradient in a training step, so DDP must look for
+    them (``find_unused_parameters``, which costs a graph walk per step): a sequence
+    without SSL weight leaves its SSL projections unused, and a non-causal encoder
+    trained without MLM its mask embedding."""
+    if not spec.sequences:
+        return False
+    ssl = config.loss.ssl
+    if any(s.name not in ssl.active for s in spec.sequences):
+        return True
+    return not config.model.sequence.causal and ssl.objective != "mlm"
 
 
 class Trainer:
@@ -190,12 +229,21 @@ class Trainer:
         ).to(ctx.device)
         self.ddp: nn.Module = self.objective
         if ctx.is_distributed:
+            find_unused = tc.find_unused_parameters
+            if find_unused == "auto":
+                find_unused = needs_unused_parameters(config, spec)
             self.ddp = DistributedDataParallel(
                 self.objective,
                 device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                find_unused_parameters=True,  # e.g. sequences whose SSL weight is 0
+                find_unused_parameters=find_unused,
+                gradient_as_bucket_view=True,
             )
+        self._sync_bn = sync_batchnorm_layers(self.model)
+        self._contributes = True
+        if tc.compile:
+            self.ddp.compile()  # in place: state dicts keep their keys
         self.optimizer = build_optimizer(self.model, tc)
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
         # SSL negatives / MLM masks differ per rank but are reproducible from the seed.
         self.generator = torch.Generator(ctx.device).manual_seed(tc.seed * 7919 + ctx.rank + 1)
         self.progress = TrainProgress()
@@ -205,6 +253,15 @@ class Trainer:
         self._autocast = torch.autocast(
             ctx.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"
         )
+        # Device-side accumulators, read once per log window (see the module docstring).
+        heads = len(self.model.head_names)
+        self._full_share = torch.ones(heads, device=ctx.device), torch.ones((), device=ctx.device)
+        self._window: Tensor | None = None  # K: sum over the window's steps of the terms
+        self._window_steps = 0
+        self._examples = torch.zeros(
+            (), device=ctx.device, dtype=torch.float64
+        )  # global rows, not yet counted
+        self._local_examples = 0  # a single process counts its rows on the host
 
     # ---- state ---------------------------------------------------------------------
     def load_weights(self, checkpoint: Checkpoint) -> None:
@@ -226,6 +283,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Checkpoint (collective: every rank calls it; rank 0 writes)."""
+        self._drain(window=False)  # progress.examples_seen up to date
         rng = all_gather_objects(self.ctx, _rng_state(self.generator))
         path: Path | None = None
         if self.ctx.is_main:
@@ -245,41 +303,85 @@ class Trainer:
         return broadcast_object(self.ctx, path)
 
     # ---- one optimisation step -----------------------------------------------------
-    def step(self, batch: Batch | None, lr: float) -> dict[str, float]:
+    def step(self, batch: Batch | None, lr: float) -> None:
         """One optimiser step; ``batch`` is this rank's part of the global batch, or None
         when this rank's shard is exhausted (it then contributes zero gradient).
 
-        Returns the step's losses as means over the *global* batch, and its size."""
+        The step's losses (means over the *global* batch) and its size are added to
+        device-side sums that :meth:`_drain` reads; nothing here waits for the device."""
         present = batch is not None
         if batch is None:
             batch = self._placeholder()
         else:
             batch = batch.to(self.ctx.device, non_blocking=True)
-        # Global normalisers: rows, and per head the label weight its BCE mean divides
-        # by; each rank scales its means by its share of them (see the module docstring).
-        label_weight = (batch.label_mask * batch.weight[:, None]).sum(0).float().cpu()
-        local = torch.cat([label_weight, torch.tensor([float(len(batch))])]) * float(present)
-        total = all_reduce_sum(self.ctx, local.clone())
-        share = self.ctx.world_size * local / total.clamp_min(1e-12)
-        head_share, row_share = share[:-1].to(self.ctx.device), float(share[-1])
+        if self.ctx.is_distributed:
+            # Global normalisers: rows, and per head the label weight its BCE mean divides
+            # by; each rank scales its means by its share of them (module docstring).
+            label_weight = (batch.label_mask * batch.weight[:, None]).sum(0).float()
+            rows = torch.full((1,), float(len(batch)), device=label_weight.device)
+            local = torch.cat([label_weight, rows]) * float(present)
+            total = all_reduce_sum(self.ctx, local.clone())
+            share = self.ctx.world_size * local / total.clamp_min(1e-12)
+            head_share, row_share = share[:-1], share[-1]
+            term_weight = local[-1] / total[-1].clamp_min(1.0)  # this rank's share of rows
+            self._examples += total[-1]
+            if present != self._contributes:  # a placeholder adds no BatchNorm statistics
+                self._contributes = present
+                for layer in self._sync_bn:
+                    layer.contributes = present
+        else:
+            head_share, row_share = self._full_share
+            term_weight = None
+            self._local_examples += len(batch)
 
-        set_contributes(self.model, present)  # a placeholder adds no BatchNorm statistics
-        self.ddp.train()
-        with self._autocast:
-            objective, terms = self.ddp(batch, self.generator, head_share, row_share)
+        if not self.objective.training:
+            self.ddp.train()
+        try:
+            with self._autocast:
+                objective, terms = self.ddp(batch, self.generator, head_share, row_share)
+        except RuntimeError as err:
+            if "find_unused_parameters" not in str(err):
+                raise
+            raise DhenCvrError(
+                "DDP: some parameters got no gradient in the previous step; set "
+                "train.find_unused_parameters=true for this config"
+            ) from None
         objective.backward()
         tc = self.config.train
         if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self._params, tc.grad_clip, foreach=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        names = list(terms)  # logged: row-weighted means over ranks
-        sums = torch.stack([terms[k].detach().float().cpu() * local[-1] for k in names])
-        means = all_reduce_sum(self.ctx, sums) / total[-1]
-        return dict(zip(names, means.tolist(), strict=True)) | {"examples": float(total[-1])}
+        # logged: row-weighted means over ranks, summed over the window's steps
+        weighted = terms if term_weight is None else terms * term_weight
+        self._window = weighted if self._window is None else self._window + weighted
+        self._window_steps += 1
+
+    def _drain(self, *, window: bool) -> dict[str, float]:
+        """Count the examples trained since the last call into ``self.progress`` and, with
+        ``window``, return the window's mean loss terms (and reset it): one collective
+        and one host sync. Collective: every rank calls it at the same step."""
+        parts = []
+        if window and self._window is not None:
+            parts.append(all_reduce_sum(self.ctx, self._window.clone()).double())
+        if self.ctx.is_distributed:
+            parts.append(self._examples.reshape(1))
+        values = torch.cat(parts).tolist() if parts else []  # the one host sync
+        if self.ctx.is_distributed:
+            examples = round(values.pop())
+            self._examples.zero_()
+        else:
+            examples = self._local_examples
+        self._local_examples = 0
+        self.progress = replace(self.progress, examples_seen=self.progress.examples_seen + examples)
+        if not window or not values:
+            return {}
+        steps, self._window_steps, self._window = self._window_steps, 0, None
+        names = self.objective.term_names
+        return {k: v / steps for k, v in zip(names, values, strict=True)}
 
     def _placeholder(self) -> Batch:
         """A few rows of the training data for a rank with nothing left to read."""
@@ -320,8 +422,11 @@ class Trainer:
         loader = make_loader(
             stream, num_workers=tc.num_workers, pin_memory=ctx.device.type == "cuda"
         )
-        total_steps = sum(_steps_in_epoch(stream, e, tc.num_workers) for e in range(tc.epochs))
-        log = MetricLog(self.run, ctx, tensorboard=tc.tensorboard, every=tc.log_every)
+        steps_per_epoch = [_steps_in_epoch(stream, e, tc.num_workers) for e in range(tc.epochs)]
+        total_steps = sum(steps_per_epoch)
+        log = MetricLog(
+            self.run, ctx, tensorboard=tc.tensorboard, examples_seen=self.progress.examples_seen
+        )
         bar = tqdm(
             total=total_steps,
             initial=self.progress.step,
@@ -332,29 +437,28 @@ class Trainer:
         started, start_examples = time.perf_counter(), self.progress.examples_seen
         last_loss = math.nan
         checkpoint = latest_checkpoint(self.run)
+        self.ddp.train()
         try:
             for epoch in range(self.progress.epoch, tc.epochs):
                 skip = self.progress.batches_in_epoch if epoch == self.progress.epoch else 0
                 self.progress = replace(self.progress, epoch=epoch, batches_in_epoch=skip)
                 stream.set_epoch(epoch, skip_batches=skip)
                 batches = self._epoch_iterator(loader, mid_epoch=skip > 0)
-                while True:
-                    batch = next(batches, None)
-                    if all_reduce_sum(ctx, torch.tensor([float(batch is not None)])).item() == 0:
-                        break  # every rank has read its whole shard
+                for batch in self._global_steps(batches, steps_per_epoch[epoch] - skip):
                     lr = learning_rate(self.progress.step, total_steps, tc)
                     if on_batch is not None and batch is not None:
                         on_batch(epoch, self.progress.step, batch)
-                    losses = self.step(batch, lr)
+                    self.step(batch, lr)
                     self.progress = replace(
                         self.progress,
                         step=self.progress.step + 1,
                         batches_in_epoch=self.progress.batches_in_epoch + 1,
-                        examples_seen=self.progress.examples_seen + int(losses["examples"]),
                     )
-                    last_loss = losses["loss"]
                     bar.update(1)
-                    if record := log.add(self.progress, losses, lr=lr, epoch=epoch):
+                    if self.progress.step % tc.log_every == 0:
+                        means = self._drain(window=True)
+                        record = log.write(self.progress, means, lr=lr, epoch=epoch)
+                        last_loss = record["loss"]
                         bar.set_postfix(
                             loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}"
                         )
@@ -365,7 +469,10 @@ class Trainer:
                         checkpoint = self.save()
                 self.progress = replace(self.progress, epoch=epoch + 1, batches_in_epoch=0)
                 checkpoint = self.save()
-            log.flush()  # the partial last window (a run shorter than log_every included)
+            tail = self._drain(window=True)  # steps after the last record, if any
+            if tail:  # the partial last window (a run shorter than log_every included)
+                log.write(self.progress, tail, lr=lr, epoch=epoch)
+                last_loss = tail.get("loss", last_loss)
         finally:
             bar.close()
             log.close()
@@ -381,6 +488,24 @@ class Trainer:
             train_loss=last_loss,
             model=self.model,
         )
+
+    def _global_steps(self, batches: Iterator[Batch], planned: int) -> Iterator[Batch | None]:
+        """This rank's batch (None: its shard is exhausted) for each step of the epoch.
+
+        ``planned`` (from the Parquet metadata, the same on every rank) needs no
+        collective; one check at the end confirms that every rank has read its whole
+        shard, and otherwise the epoch goes on one agreed step at a time."""
+        for _ in range(planned):
+            batch = next(batches, None)
+            if batch is None and not self.ctx.is_distributed:
+                return
+            yield batch
+        while True:
+            batch = next(batches, None)
+            left = torch.tensor([float(batch is not None)])
+            if all_reduce_sum(self.ctx, left).item() == 0:
+                return  # every rank has read its whole shard
+            yield batch
 
     def _epoch_iterator(self, loader: Iterable[Batch], *, mid_epoch: bool) -> Iterator[Batch]:
         """``iter(loader)``, with a resumed run's RNG states applied where the uninterrupted
