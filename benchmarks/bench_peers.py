@@ -81,7 +81,7 @@ def cpu_description() -> str:
 # ---- the data ------------------------------------------------------------------------
 def make_flat_world(root: Path, args: argparse.Namespace) -> Path:
     """A 2-day world without sequences or down-sampling (same Parquet for both)."""
-    from dhen_cvr.data.spec import SamplingSpec, load_spec
+    from dhen_cvr.data.spec import SPEC_FILE, SamplingSpec, load_data_spec
     from dhen_cvr.data.synth import WorldConfig, synthesize
     from dhen_cvr.data.writer import day_dirs
 
@@ -100,7 +100,7 @@ def make_flat_world(root: Path, args: argparse.Namespace) -> Path:
         ),
         overwrite=True,
     )
-    spec = load_spec(full / "spec.yaml").without_categories(["sequence"])
+    spec = load_data_spec(full).without_categories(["sequence"])
     spec = spec.model_copy(update={"sampling": SamplingSpec(), "user_id": None})
     flat = root / "flat"
     flat.mkdir()
@@ -110,21 +110,21 @@ def make_flat_world(root: Path, args: argparse.Namespace) -> Path:
         (flat / day.name).mkdir()
         table = pq.read_table(day, columns=columns)
         pq.write_table(table, flat / day.name / "part-00000.parquet", row_group_size=8192)
-    spec.save(flat / "spec.yaml")
+    spec.save(flat / SPEC_FILE)
     return flat
 
 
 def one_label(flat: Path, label: str, root: Path) -> Path:
     """The same files with a spec that keeps only ``label`` (a 1-head model)."""
-    from dhen_cvr.data.spec import load_spec
+    from dhen_cvr.data.spec import SPEC_FILE, load_data_spec
 
-    spec = load_spec(flat / "spec.yaml")
+    spec = load_data_spec(flat)
     only = spec.model_copy(update={"labels": [lb for lb in spec.labels if lb.name == label]})
     out = root / "flat-1"
     out.mkdir()
     for day in sorted(flat.glob("*=*")):
         (out / day.name).symlink_to(day.resolve())
-    only.save(out / "spec.yaml")
+    only.save(out / SPEC_FILE)
     return out
 
 
@@ -239,7 +239,7 @@ def _deepctr_inputs(spec: Any, day: Path, stats: Any) -> dict[str, np.ndarray]:
 def run_deepctr(data: Path, label: str, seed: int) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
-    from dhen_cvr.data.spec import load_spec
+    from dhen_cvr.data.spec import load_data_spec
     from dhen_cvr.data.writer import day_dirs
 
     _import_deepctr()
@@ -247,7 +247,7 @@ def run_deepctr(data: Path, label: str, seed: int) -> dict[str, float]:
     from deepctr_torch.models import DCNMix
 
     started = time.perf_counter()
-    spec = load_spec(data / "spec.yaml")
+    spec = load_data_spec(data)
     train_day, test_day = day_dirs(data)[:2]
     raw = pq.read_table(train_day)
     stats = {}

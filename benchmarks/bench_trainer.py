@@ -54,7 +54,7 @@ def model_rate(config: object, data: Path) -> float:
     """Forward + losses + backward of the trainer's objective on in-memory batches."""
     from dhen_cvr.config import ExperimentConfig
     from dhen_cvr.data.reader import ParquetBatchStream
-    from dhen_cvr.data.spec import load_spec
+    from dhen_cvr.data.spec import load_data_spec
     from dhen_cvr.data.stats import fit_minmax_stats
     from dhen_cvr.days import select_days
     from dhen_cvr.model.cvr_model import CVRModel
@@ -62,7 +62,7 @@ def model_rate(config: object, data: Path) -> float:
     from dhen_cvr.train.trainer import TrainingObjective
 
     assert isinstance(config, ExperimentConfig)
-    spec = load_spec(data / "spec.yaml")
+    spec = load_data_spec(data)
     days = select_days(data, "1")
     model = CVRModel(spec, config.model, fit_minmax_stats(days, spec))
     supervised = MultiTaskBCELoss.from_config(config.loss, model.head_names)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dhen_cvr.data.reader import ParquetBatchStream
-from dhen_cvr.data.spec import load_spec
+from dhen_cvr.data.spec import load_data_spec
 from dhen_cvr.data.stats import fit_minmax_stats
 from dhen_cvr.days import select_days
 from dhen_cvr.model.cvr_model import CVRModel
@@ -46,7 +46,7 @@ def test_one_gpu_step_matches_the_cpu(data: Path) -> None:
     """The objective, the logged terms and every gradient of one step agree within
     float32 tolerance (SSL off: its negatives come from a per-device generator)."""
     config = tiny_config("loss.ssl.objective=none")
-    spec = load_spec(data / "spec.yaml")
+    spec = load_data_spec(data)
     days = select_days(data, "1")
     stats = fit_minmax_stats(days, spec)
     batch = next(iter(ParquetBatchStream(days, spec, batch_size=64)))

@@ -86,8 +86,13 @@ def test_two_process_ddp_matches_one_process(data: Path, tmp_path: Path) -> None
     # single-process evaluation of the same checkpoint.
     ddp_eval = json.loads((tmp_path / "ddp" / "eval.json").read_text())
     again = evaluate(tmp_path / "ddp", data, "4", save=False)
+    # Scores agree to ~1e-9 (batches differ between the runs, so float sums do); that can
+    # flip the order of a near-tied pair, which moves a ranking metric by 1/(P N) ~ 1e-4
+    # here. Per-rank averaging instead of gathering would move it by ~1e-2.
+    ranking = {"roc_auc", "pr_auc"}
     for head in again.heads:
         for metric in ("roc_auc", "pr_auc", "log_loss", "calibration", "count"):
+            tolerance = {"abs": 1e-3} if metric in ranking else {"rel": 1e-6, "abs": 1e-9}
             assert ddp_eval["mean"][head][metric] == pytest.approx(
-                again.mean[head][metric], rel=1e-6, abs=1e-9
+                again.mean[head][metric], **tolerance
             ), (head, metric)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dhen_cvr.data.reader import ParquetBatchStream
-from dhen_cvr.data.spec import load_spec
+from dhen_cvr.data.spec import load_data_spec
 from dhen_cvr.days import select_days
 from dhen_cvr.model.cvr_model import CVRModel
 from dhen_cvr.train.losses import MultiTaskBCELoss, build_ssl_loss
@@ -39,7 +39,7 @@ def test_auto_matches_the_parameters_a_step_leaves_without_gradient(
     data: Path, settings: tuple[str, ...], expected: bool
 ) -> None:
     config = tiny_config(*settings)
-    spec = load_spec(data / "spec.yaml")
+    spec = load_data_spec(data)
     torch.manual_seed(0)
     model = CVRModel(spec, config.model)
     supervised = MultiTaskBCELoss.from_config(config.loss, model.head_names)
