@@ -27,7 +27,7 @@ import torch
 
 from dhen_cvr.data.batch import Batch
 from dhen_cvr.data.reader import ParquetBatchStream
-from dhen_cvr.data.spec import load_spec
+from dhen_cvr.data.spec import load_data_spec
 from dhen_cvr.data.stats import MinMaxStats
 from dhen_cvr.days import resolve_days
 from dhen_cvr.pipeline import train_and_evaluate
@@ -104,7 +104,7 @@ def run_trial(
     roc = [report.mean[h]["roc_auc"] for h in served]
     pr = [report.mean[h]["pr_auc"] for h in served]
 
-    spec = load_spec(Path(data) / "spec.yaml")
+    spec = load_data_spec(data)
     first_day = resolve_days(Path(data), eval_days)[0]
     stream = ParquetBatchStream(
         [first_day], spec, batch_size=space.throughput.batch_size, shuffle=False
