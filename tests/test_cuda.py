@@ -8,8 +8,6 @@ Skipped, with the reason, where torch sees no GPU (the 2-GPU test also where it 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from dhen_cvr.runtime.checkpoint import load_checkpoint
 from dhen_cvr.train import train
 from dhen_cvr.train.losses import MultiTaskBCELoss, build_ssl_loss
 from dhen_cvr.train.trainer import TrainingObjective
-from train_world import align_row_groups, cli_overrides, free_port, make_world, tiny_config
+from train_world import align_row_groups, make_world, tiny_config, torchrun_train
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 pytestmark = pytest.mark.skipif(
@@ -93,35 +91,7 @@ def test_one_gpu_training_matches_the_cpu(data: Path, tmp_path: Path) -> None:
 def test_two_gpu_nccl_ddp_matches_one_process(data: Path, tmp_path: Path) -> None:
     config = tiny_config(*SETTINGS, "train.device=cuda")
     single = train(config, data, "1-3", tmp_path / "one", show_progress=False)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "dhen_cvr.cli",
-        "train",
-        "--config",
-        "tiny",
-        "--data",
-        str(data),
-        "--train-days",
-        "1-3",
-        "--eval-days",
-        "4",
-        "--out",
-        str(tmp_path / "ddp"),
-        "--quiet",
-        *cli_overrides(*SETTINGS, "train.device=cuda"),
-    ]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1]
-    )
+    done = torchrun_train(2, data, tmp_path / "ddp", (*SETTINGS, "train.device=cuda"), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = load_checkpoint(tmp_path / "ddp")
     assert ddp.progress == single.progress  # the uneven last step: nothing dropped

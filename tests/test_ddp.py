@@ -14,8 +14,6 @@ The remaining difference is float summation order, amplified a little by Adam.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,7 @@ from dhen_cvr.days import select_days
 from dhen_cvr.eval.evaluate import evaluate
 from dhen_cvr.runtime.checkpoint import load_checkpoint
 from dhen_cvr.train import train
-from train_world import align_row_groups, cli_overrides, free_port, make_world, tiny_config
+from train_world import align_row_groups, make_world, tiny_config, torchrun_train
 
 ROWS_PER_GROUP = 40  # the per-rank batch
 SETTINGS = ("train.shuffle=false", "loss.ssl.objective=none", "train.batch_size=80")
@@ -44,35 +42,7 @@ def test_two_process_ddp_matches_one_process(data: Path, tmp_path: Path) -> None
     groups = num_rows(select_days(data, "1-3")) // ROWS_PER_GROUP
     assert groups % 2 == 1, "an odd number of row groups exercises the uneven last step"
 
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "dhen_cvr.cli",
-        "train",
-        "--config",
-        "tiny",
-        "--data",
-        str(data),
-        "--train-days",
-        "1-3",
-        "--eval-days",
-        "4",
-        "--out",
-        str(tmp_path / "ddp"),
-        "--quiet",
-        *cli_overrides(*SETTINGS),
-    ]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1]
-    )
+    done = torchrun_train(2, data, tmp_path / "ddp", SETTINGS)
     assert done.returncode == 0, done.stderr[-3000:]
 
     ddp = load_checkpoint(tmp_path / "ddp")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -82,6 +83,42 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def torchrun_train(
+    nproc: int, data: Path, out: Path, settings: tuple[str, ...], timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node nproc -m dhen_cvr.cli train`` on days 1-3 of ``data``
+    (tiny config + ``settings``), evaluated on day 4, into ``out``."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "dhen_cvr.cli",
+        "train",
+        "--config",
+        "tiny",
+        "--data",
+        str(data),
+        "--train-days",
+        "1-3",
+        "--eval-days",
+        "4",
+        "--out",
+        str(out),
+        "--quiet",
+        *cli_overrides(*settings),
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[1]
+    )
 
 
 class RowRecorder:
