@@ -4,6 +4,7 @@ plain-Python reference on a Parquet folder the project did not write."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,9 @@ def test_train_and_evaluate_with_a_spec_outside_the_data_folder(
          "--set", "loss.ssl.weights={view: 0.1}"],
     )  # fmt: skip
     assert train.exit_code == 0, (train.output, train.exception)
+    assert json.loads((run / "run.json").read_text())["spec"] == str(spec.resolve())
+    resumed = runner.invoke(app, ["train", "--resume", "--out", str(run), "--quiet"])
+    assert resumed.exit_code == 0, (resumed.output, resumed.exception)  # no --spec again
     args = ["evaluate", "--run", str(run), "--data", str(data), "--days", "2"]
     result = runner.invoke(app, [*args, "--spec", str(spec)])
     assert result.exit_code == 0, (result.output, result.exception)

@@ -44,6 +44,7 @@ class RunInfo:
     data: Path
     train_days: list[str]
     init_from: Path | None
+    spec: Path | None = None  # a feature spec kept outside the data folder (``--spec``)
 
 
 def is_failed_start(run: Path) -> bool:
@@ -92,6 +93,7 @@ def write_run_folder(run: Path, info: RunInfo) -> None:
         "data": str(info.data.resolve()),
         "train_days": info.train_days,
         "init_from": None if info.init_from is None else str(info.init_from.resolve()),
+        "spec": None if info.spec is None else str(info.spec.resolve()),
     }
     (run / RUN_FILE).write_text(json.dumps(record, indent=2))
 
@@ -114,4 +116,5 @@ def read_run_folder(run: Path) -> RunInfo | None:
     except (FileNotFoundError, yaml.YAMLError) as err:
         raise DhenCvrError(f"{config_path} is missing or damaged: {err}") from None
     config = ExperimentConfig.from_dict(stored, str(config_path))
-    return RunInfo(config, Path(data), days, init_from and Path(init_from))
+    spec = record.get("spec")
+    return RunInfo(config, Path(data), days, init_from and Path(init_from), spec and Path(spec))

@@ -117,7 +117,7 @@ def run_training(
                 clear_failed_start(run)
             warm_from = None if plan.checkpoint is None else plan.checkpoint.path
             days = [day_name(d) for d in plan.days]
-            write_run_folder(run, RunInfo(config, plan.data, days, warm_from))
+            write_run_folder(run, RunInfo(config, plan.data, days, warm_from, plan.spec))
     if ctx.is_main:
         report_data_notes(run, spec, config, plan.days)  # cuts and defaults, said out loud
     if plan.checkpoint is not None:
@@ -196,7 +196,7 @@ def _resume_plan(
         days = resolve_days(data_path, train_days or ",".join(info.train_days))
         warm = init_from if init_from is not None else info.init_from
         checkpoint = None if warm is None else load_checkpoint(warm)
-        return TrainingPlan(run, config, data_path, days, checkpoint, True)
+        return TrainingPlan(run, config, data_path, days, checkpoint, True, spec=info.spec)
     if config is not None:
         given = config if isinstance(config, ExperimentConfig) else load_experiment_config(config)
         if given != info.config:
@@ -210,7 +210,7 @@ def _resume_plan(
         if given_days != info.train_days:
             raise DhenCvrError(f"cannot resume {run} on other training days than {info.train_days}")
     checkpoint = load_checkpoint(run)  # the newest that loads
-    return TrainingPlan(run, info.config, data_path, days, checkpoint, False, False)
+    return TrainingPlan(run, info.config, data_path, days, checkpoint, False, False, info.spec)
 
 
 def _check_compatible(checkpoint: Checkpoint, config: ExperimentConfig, spec: FeatureSpec) -> None:
