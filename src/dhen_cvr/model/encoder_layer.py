@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -53,15 +54,28 @@ class PreNormEncoderLayer(nn.Module):
     def attention(self, x: Tensor, key_mask: Tensor | None = None, causal: bool = False) -> Tensor:
         """``B x T x width`` (already normalised) -> ``B x T x width``."""
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(
+        dtype = q.dtype
+        if dtype == torch.bfloat16 and q.device.type == "cpu":
+            # CPU SDPA's bf16 backward is many times its fp32 time (benchmarks.bench_model):
+            # attend in fp32 there (autocast off, or it casts back); projections stay bf16.
+            with torch.autocast("cpu", enabled=False):
+                out = self._sdpa(q.float(), k.float(), v.float(), key_mask, causal)
+            out = out.to(dtype)
+        else:
+            out = self._sdpa(q, k, v, key_mask, causal)  # B x heads x T x d_h
+        return self.attn_out(out.transpose(1, 2).flatten(2))
+
+    def _sdpa(
+        self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, causal: bool
+    ) -> Tensor:
+        return F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=key_mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal and key_mask is None,
-        )  # B x heads x T x d_h
-        return self.attn_out(out.transpose(1, 2).flatten(2))
+        )
 
     def forward(self, x: Tensor, key_mask: Tensor | None = None, causal: bool = False) -> Tensor:
         x = x + self.residual_dropout(self.attention(self.attn_norm(x), key_mask, causal))
