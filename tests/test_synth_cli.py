@@ -48,3 +48,18 @@ def test_world_config_validation(bad: dict[str, object]) -> None:
 
     with pytest.raises(ValidationError):
         WorldConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_synth_passes_history_days_and_truth_terms(tmp_path: Path) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "world"
+    args = ["synth", "--out", str(out), "--days", "1", "--users", "40"]
+    args += ["--impressions-per-day", "1500", "--history-days", "5", "--truth-terms"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "_world.json").read_text())["config"]["history_days"] == 5
+    names = pq.read_schema(next(out.glob("dt=*/*.parquet"))).names
+    assert "truth_conv_user_bias" in names and "truth_click_ad_quality" in names

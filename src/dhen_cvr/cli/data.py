@@ -34,8 +34,15 @@ def synth(
         float, typer.Option(help="Keep rate of non-converting impressions.")
     ] = 0.05,
     start_date: Annotated[str, typer.Option(help="First logged day, YYYY-MM-DD.")] = "2026-01-01",
+    history_days: Annotated[
+        int, typer.Option(help="Days of behaviour simulated before the first logged day.")
+    ] = 30,
     overwrite: Annotated[
         bool, typer.Option(help="Replace OUT if it is a data set dhen-cvr wrote.")
+    ] = False,
+    truth_terms: Annotated[
+        bool,
+        typer.Option(help="Also write each row's latent logit terms as truth_* columns."),
     ] = False,
 ) -> None:
     """Write the synthetic conversion-ads world (see ``dhen_cvr.data.synth``)."""
@@ -48,6 +55,8 @@ def synth(
             max_seq_len=max_seq_len,
             negative_rate=negative_rate,
             start_date=start_date,
+            history_days=history_days,
+            truth_terms=truth_terms,
         )
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())

@@ -74,6 +74,10 @@ class WorldConfig(BaseModel):
     episode_rate: float = Field(default=0.08, ge=0, le=1)
     embedding_noise: float = Field(default=0.5, ge=0)
     embedding_staleness_days: int = Field(default=14, ge=0)
+    # ---- diagnostics ----
+    # Also write each row's latent logit terms as truth_* columns (not in the spec): what a
+    # model could know at best, e.g. to measure the gain of handing it one hidden term.
+    truth_terms: bool = False
 
     @field_validator("start_date")
     @classmethod

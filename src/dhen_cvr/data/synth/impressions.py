@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -27,7 +27,14 @@ from dhen_cvr.data.synth.truth import (
     sigmoid,
 )
 
-__all__ = ["COUNT_WINDOWS", "BehaviourIndex", "DayImpressions", "UserSnapshot", "draw_day"]
+__all__ = [
+    "COUNT_WINDOWS",
+    "BehaviourIndex",
+    "DayImpressions",
+    "UserSnapshot",
+    "draw_day",
+    "truth_terms",
+]
 
 # Counting features: name -> (sequence, window in days, per candidate advertiser?).
 COUNT_WINDOWS: dict[str, tuple[str, int]] = {
@@ -212,8 +219,9 @@ def _true_probabilities(
     index: BehaviourIndex,
     cat: Catalogue,
     config: WorldConfig,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(P(click) as N, P(type | click) as N x 3) from the latent state and the behaviour."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(P(click) as N, P(type | click) as N x 3, the terms of both logits by name) from the
+    latent state and the behaviour."""
     adv, topic = cat.ad_adv[ad], cat.ad_topic[ad]
     probs = interests.probs(day)[user, topic]
     interest = interest_strength(probs, cat.n_topics)
@@ -244,7 +252,19 @@ def _true_probabilities(
     )
     p_click = sigmoid(click_logit(click, config.signal_scale))
     q_conv = sigmoid(conversion_logits(conversion, config.signal_scale, config.conversion_scale))
-    return p_click, q_conv
+    return p_click, q_conv, truth_terms(click, conversion)
+
+
+def truth_terms(click: ClickTerms, conversion: ConversionTerms) -> dict[str, np.ndarray]:
+    """The latent terms of one impression's true logits as ``truth_<logit>_<term>``
+    columns (N each; the N x 3 advertiser mix split per conversion type)."""
+    out = {f"truth_click_{k}": v for k, v in asdict(click).items()}
+    for k, v in asdict(conversion).items():
+        if k == "log_mix":
+            out.update({f"truth_conv_log_mix_{c}": v[:, j] for j, c in enumerate(CONVERSION_TYPES)})
+        else:
+            out[f"truth_conv_{k}"] = v
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
 def draw_day(
@@ -269,7 +289,7 @@ def draw_day(
     user, hour, t = user[order], hour[order], t[order].astype(np.int64)
 
     ad = _select_ads(day, user, t, interests, index, cat, config, rng)
-    p_click, q_conv = _true_probabilities(
+    p_click, q_conv, terms = _true_probabilities(
         day, user, t, hour, ad, users, interests, index, cat, config
     )
     click = rng.random(len(user)) < p_click
@@ -295,4 +315,6 @@ def draw_day(
         "ad_topic": cat.ad_topic[ad],
         "ad_emb": cat.ad_emb[ad],
     }
+    if config.truth_terms:
+        columns.update(terms)
     return DayImpressions(user=user, t=t, columns=columns, labels=labels, oracle=oracle)
