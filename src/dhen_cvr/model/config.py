@@ -16,6 +16,7 @@ from dhen_cvr.data.spec import FeatureCategory
 from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.model.dhen import DHENConfig
 from dhen_cvr.model.sequence import SequenceConfig
+from dhen_cvr.model.tokens import DenseTokens
 
 __all__ = ["ConfigError", "ModelConfig", "load_model_config", "read_config_section"]
 
@@ -35,6 +36,10 @@ class ModelConfig(BaseModel):
     head_hidden:     each head's own MLP (paper: [128, 128, 128]), then one logit
     head_dropout:    dropout after each hidden layer of the heads
     drop_categories: feature categories removed from the input (paper Figure 6 ablation)
+    dense_tokens:    ``group`` (one token per spec group / category, the paper's) or
+                     ``feature`` (one token per dense feature)
+    dense_bins:      ``T > 0``: dense values enter as their piecewise-linear encoding over
+                     ``T`` equal bins of [0, 1] (model/piecewise.py); 0: as they are
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -47,6 +52,8 @@ class ModelConfig(BaseModel):
     head_hidden: list[int] = Field(default_factory=lambda: [128, 128, 128])
     head_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     drop_categories: list[str] = Field(default_factory=list)
+    dense_tokens: DenseTokens = "group"
+    dense_bins: int = Field(default=0, ge=0)
 
     @field_validator("head_hidden")
     @classmethod

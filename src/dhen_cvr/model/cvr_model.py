@@ -49,7 +49,12 @@ class CVRModel(nn.Module):
         self.spec = spec.without_categories(config.drop_categories)
         self.tables = EmbeddingTables(self.spec, config.embedding_dim)
         self.features = FeatureTokenizer(
-            self.spec, self.tables, config.dim, dense_input_names=[f.name for f in spec.dense]
+            self.spec,
+            self.tables,
+            config.dim,
+            dense_input_names=[f.name for f in spec.dense],
+            dense_bins=config.dense_bins,
+            dense_tokens=config.dense_tokens,
         )
         candidates = [f for f in self.spec.categorical if f.category == FeatureCategory.candidate]
         self.sequences = SequenceEncoders(

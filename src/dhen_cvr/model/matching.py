@@ -14,6 +14,10 @@ with half-lives ``h_k``::
     last[b, j]    = log1p(age of the newest item with m_j) / log1p(max age)   (1 if none)
     token         = Linear([log1p(n) / 4 ; last])                   (B x d)
 
+or, with ``bins = T > 0``, ``Linear`` of their piecewise-linear encoding
+(:class:`~dhen_cvr.model.piecewise.PiecewiseLinearEncoding`, ``B x F*T``): a learned
+step-like function of each count (``log1p(n) / 4`` reaches 1 at ``n ~ 54``).
+
 ``age = request time - item time`` in seconds, recovered exactly from the item's time
 feature ``log(age + 1)`` (:data:`~dhen_cvr.data.batch.NUM_TIME_FEATURES`).
 """
@@ -28,6 +32,7 @@ from torch import Tensor, nn
 
 from dhen_cvr.data.batch import SequenceBatch
 from dhen_cvr.data.spec import CategoricalFeature, SequenceFeature
+from dhen_cvr.model.piecewise import PiecewiseLinearEncoding
 from dhen_cvr.model.tokens import EmbeddingTables
 
 __all__ = ["CandidateMatchCounts"]
@@ -54,6 +59,7 @@ class CandidateMatchCounts(nn.Module):
         half_lives_hours: Sequence[float],
         split_max_rows: int,
         dim: int,
+        bins: int = 0,
     ) -> None:
         super().__init__()
         self.pairs = [
@@ -73,7 +79,9 @@ class CandidateMatchCounts(nn.Module):
         n_match = 1 + len(self.pairs)
         n_split = 1 + sum(rows - 1 for _, rows in self.splits)
         self.num_features = n_match * n_split * len(rates) + len(self.pairs)
-        self.proj = nn.Linear(self.num_features, dim)
+        self.encoding = PiecewiseLinearEncoding(bins) if bins else None
+        width = self.encoding.output_width(self.num_features) if self.encoding else None
+        self.proj = nn.Linear(width or self.num_features, dim)
 
     @property
     def matched_names(self) -> list[str]:
@@ -115,4 +123,6 @@ class CandidateMatchCounts(nn.Module):
     def forward(self, seq: SequenceBatch, candidates: dict[str, Tensor]) -> Tensor:
         """-> ``B x d`` in the projection's dtype."""
         x = self.features(seq, candidates)
+        if self.encoding is not None:
+            x = self.encoding(x.clamp(0.0, 1.0))
         return self.proj(x.to(self.proj.weight.dtype))

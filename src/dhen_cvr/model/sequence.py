@@ -77,6 +77,8 @@ class SequenceConfig(BaseModel):
         default_factory=lambda: [1.0, 24.0, 72.0, 168.0, 720.0], min_length=1
     )
     match_split_max_rows: int = Field(default=8, ge=0)
+    # bins of the piecewise-linear encoding of the match features (0: linear, as before)
+    match_bins: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> SequenceConfig:
@@ -269,6 +271,7 @@ class SequenceTower(nn.Module):
                 config.match_half_lives_hours,
                 config.match_split_max_rows,
                 d,
+                config.match_bins,
             )
             if "match" in self.token_kinds
             else None

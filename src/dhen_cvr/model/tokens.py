@@ -4,7 +4,9 @@ Every non-sequence feature (or dense feature group) becomes one token in ``R^D``
 
 - dense features: ``log1p`` where flagged, min-max with fitted statistics, clipped to
   ``[0, 1]`` (:class:`DenseScaler`), then grouped into tokens by ``group`` (or, if unset,
-  by category), each group ``Linear(n_group -> D)``;
+  by category; with ``dense_tokens="feature"`` one token per feature), each group
+  ``Linear(n_group -> D)``, or with ``dense_bins = T > 0`` ``Linear(n_group * T -> D)`` of
+  the values' piecewise-linear encoding (:mod:`dhen_cvr.model.piecewise`);
 - pre-trained vectors: ``BatchNorm1d(dim) -> Linear(dim -> D)``, one token each;
 - categorical ids (the candidate ad's ids included): a row of its (possibly shared)
   embedding table, ``Linear(width -> D)`` when the width differs from ``D``.
@@ -16,20 +18,24 @@ sequences add their own tokens (:mod:`dhen_cvr.model.sequence`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
 from dhen_cvr.data.spec import FeatureCategory, FeatureSpec
 from dhen_cvr.data.stats import MinMaxStats
+from dhen_cvr.model.piecewise import PiecewiseLinearEncoding
 
 if TYPE_CHECKING:
     from dhen_cvr.data.spec import CategoricalFeature, CategoricalField
 
     IdFeature = CategoricalFeature | CategoricalField
 
-__all__ = ["DenseScaler", "EmbeddingTables", "FeatureTokenizer"]
+__all__ = ["DenseScaler", "DenseTokens", "EmbeddingTables", "FeatureTokenizer"]
+
+# How dense features become tokens: one per group (spec ``group``, else category) or one each.
+DenseTokens = Literal["group", "feature"]
 
 
 class DenseScaler(nn.Module):
@@ -144,6 +150,9 @@ class FeatureTokenizer(nn.Module):
         tables: EmbeddingTables,
         dim: int,
         dense_input_names: Sequence[str] | None = None,
+        *,
+        dense_bins: int = 0,
+        dense_tokens: DenseTokens = "group",
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -163,12 +172,14 @@ class FeatureTokenizer(nn.Module):
         groups: dict[str, list[int]] = {}
         categories: dict[str, FeatureCategory] = {}
         for i, f in enumerate(dense):
-            key = f.group or f.category.value
+            key = f.name if dense_tokens == "feature" else f.group or f.category.value
             groups.setdefault(key, []).append(i)
             categories.setdefault(key, f.category)
         self.dense_groups = list(groups)
         self._dense_group_index = [groups[g] for g in self.dense_groups]
-        self.dense_proj = nn.ModuleList(nn.Linear(len(ix), dim) for ix in groups.values())
+        self.dense_encoding = PiecewiseLinearEncoding(dense_bins) if dense_bins else None
+        bins = max(dense_bins, 1)
+        self.dense_proj = nn.ModuleList(nn.Linear(len(ix) * bins, dim) for ix in groups.values())
 
         self.pretrained_names = [f.name for f in spec.pretrained]
         self.pretrained_norm = nn.ModuleList(nn.BatchNorm1d(f.dim) for f in spec.pretrained)
@@ -225,7 +236,10 @@ class FeatureTokenizer(nn.Module):
                 )
             scaled = self.scaler(dense)
             for index, proj in zip(self._dense_group_index, self.dense_proj, strict=True):
-                tokens.append(proj(scaled[:, index]))
+                group = scaled[:, index]
+                if self.dense_encoding is not None:
+                    group = self.dense_encoding(group)
+                tokens.append(proj(group))
         for name, norm, proj in zip(
             self.pretrained_names, self.pretrained_norm, self.pretrained_proj, strict=True
         ):
