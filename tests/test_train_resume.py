@@ -85,7 +85,11 @@ def test_kill_and_resume_trains_every_row_once(data: Path, tmp_path: Path) -> No
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         latest = latest_checkpoint(killed)
-        if latest is not None and load_checkpoint(latest).progress.step > steps_per_epoch + 1:
+        try:
+            step = -1 if latest is None else load_checkpoint(latest).progress.step
+        except FileNotFoundError:  # pruned by the run between the listing and the read
+            step = -1
+        if step > steps_per_epoch + 1:
             break
         time.sleep(0.02)
     assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr}"
