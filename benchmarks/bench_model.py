@@ -7,9 +7,12 @@ For ``configs/tiny.yaml`` and ``configs/paper.yaml`` on the synthetic world's fe
 (every sequence full, cut to ``--seq-len``), it times a training step (forward, loss on the
 logits and the SSL outputs, backward; no optimiser) and an inference forward (eval mode,
 no SSL outputs), in float32 and under bfloat16 autocast. FLOPs are counted with
-``torch.utils.flop_counter`` on the same batch (matmuls/attention, backward included for
-the training step); achieved GFLOP/s is compared with a plain ``torch.matmul`` peak
-measured in the same run, per dtype. ``--profile`` runs ``torch.profiler`` over training
+``torch.utils.flop_counter`` on the same batch (matmuls and attention, the CPU attention
+kernels included, causal attention counted as half; backward included for the training
+step); achieved GFLOP/s is compared with a plain ``torch.matmul`` peak measured in the
+same run, per dtype (on CPU oneDNN's fp32 matmul is printed beside it: on some CPUs it is
+far above MKL's, which ``torch.matmul`` uses). Freed memory is retained in the process as
+in training (``train.retain_cpu_memory``; ``--no-retain-cpu-memory`` for glibc's defaults). ``--profile`` runs ``torch.profiler`` over training
 steps and prints the top ops and the share of step time spent in embedding backward,
 padding/mask building and attention.
 """
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from dhen_cvr.data.batch import NUM_TIME_FEATURES, Batch, SequenceBatch
@@ -32,6 +36,7 @@ from dhen_cvr.data.spec import FeatureSpec
 from dhen_cvr.model import sequence as sequence_module
 from dhen_cvr.model.config import load_model_config
 from dhen_cvr.model.cvr_model import CVRModel
+from dhen_cvr.runtime import retain_freed_cpu_memory
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -125,8 +130,36 @@ def seconds_per_call(
     return statistics.median(times)
 
 
+def _cpu_attention_flops(
+    query: Any, key: Any, value: Any, dropout_p: float = 0.0, is_causal: bool = False,
+    *args: Any, **kwargs: Any
+) -> int:  # fmt: skip
+    """CPU flash attention forward: torch's SDPA count (``QK^T`` and ``AV``), halved when
+    causal (the kernel skips the masked blocks; counting them would flatter GFLOP/s)."""
+    flops = flop_counter.sdpa_flop_count(query, key, value)
+    return flops // 2 if is_causal else flops
+
+
+def _cpu_attention_backward_flops(
+    grad_out: Any, query: Any, key: Any, value: Any, out: Any, logsumexp: Any,
+    dropout_p: float = 0.0, is_causal: bool = False, *args: Any, **kwargs: Any
+) -> int:  # fmt: skip
+    flops = flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+    return flops // 2 if is_causal else flops
+
+
+# torch's FLOP counter knows the CUDA attention kernels only; without these the CPU count
+# leaves out every sequence encoder's attention matmuls.
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+        _cpu_attention_backward_flops
+    ),
+}
+
+
 def count_flops(fn: Callable[[], None]) -> int:
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
     with counter:
         fn()
     return int(counter.get_total_flops())
@@ -148,22 +181,37 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     return best
 
 
+def onednn_matmul_peak() -> float | None:
+    """GFLOP/s of the same square fp32 products through oneDNN (the kernel library behind
+    torch's CPU bf16 matmuls), where this torch build has it; None otherwise."""
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if op is None or not torch.backends.mkldnn.is_available():
+        return None
+    best = 0.0
+    for n in (256, 512, 1024):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+
+        def call(a: torch.Tensor = a, b: torch.Tensor = b) -> None:
+            op(a, b, None, "none", [], "")
+
+        seconds = seconds_per_call(call, torch.device("cpu"), warmup=2, repeats=5)
+        best = max(best, 2 * n**3 / seconds / 1e9)
+    return best
+
+
 def run_benchmark(args: argparse.Namespace, device: torch.device) -> None:
+    """Time every config x dtype x mode, then print them against the matmul peak, which is
+    measured before and after the model timings (the better of the two: a noisy neighbour
+    during one of them lowers the roofline, not the reported fraction's honesty)."""
     spec = synthetic_spec(args.seq_len)
-    peaks = {name: matmul_peak(device, dt) for name, dt in DTYPES.items() if name in args.dtypes}
-    print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
-          f"sequences of {args.seq_len} items (all full)")  # fmt: skip
-    for name, peak in peaks.items():
-        print(f"torch.matmul peak ({name}): {peak:8.1f} GFLOP/s")
-    header = f"{'config':<7} {'dtype':<9} {'mode':<13} {'ex/s':>9} {'GFLOP/ex':>9} {'GFLOP/s':>8} {'% peak':>7}"
-    print(header)
-    print("-" * len(header))
+    dtypes = {name: dt for name, dt in DTYPES.items() if name in args.dtypes}
+    peaks = {name: matmul_peak(device, dt) for name, dt in dtypes.items()}
     results: dict[tuple[str, str, str], float] = {}
+    flops_per_example: dict[tuple[str, str, str], float] = {}
     for config in args.configs:
         model = build_model(config, spec, args.seq_len, device)
         batch = full_batch(model, args.batch_size, device)
-        for dtype_name in args.dtypes:
-            dtype = DTYPES[dtype_name]
+        for dtype_name, dtype in dtypes.items():
             for mode, step in (("fwd+bwd", train_step), ("forward-only", forward_step)):
 
                 def call(
@@ -174,15 +222,29 @@ def run_benchmark(args: argparse.Namespace, device: torch.device) -> None:
                 ) -> None:
                     step(model, batch, device, dtype)
 
-                flops = count_flops(call) / args.batch_size
+                key = (config, dtype_name, mode)
+                flops_per_example[key] = count_flops(call) / args.batch_size
                 seconds = seconds_per_call(call, device, args.warmup, args.repeats)
-                ex_s = args.batch_size / seconds
-                gflops = flops * ex_s / 1e9
-                results[(config, dtype_name, mode)] = ex_s
-                print(
-                    f"{config:<7} {dtype_name:<9} {mode:<13} {ex_s:9.1f} {flops / 1e9:9.3f} "
-                    f"{gflops:8.1f} {gflops / peaks[dtype_name]:7.1%}"
-                )
+                results[key] = args.batch_size / seconds
+    peaks = {name: max(peaks[name], matmul_peak(device, dt)) for name, dt in dtypes.items()}
+    print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
+          f"sequences of {args.seq_len} items (all full)")  # fmt: skip
+    for name, peak in peaks.items():
+        print(f"torch.matmul peak ({name}): {peak:8.1f} GFLOP/s (best of before and after)")
+    onednn = onednn_matmul_peak() if device.type == "cpu" and "float32" in peaks else None
+    if onednn is not None:
+        print(f"oneDNN matmul (float32):    {onednn:8.1f} GFLOP/s "
+              f"({onednn / peaks['float32']:.2f}x torch.matmul; not the % peak below)")  # fmt: skip
+    header = f"{'config':<7} {'dtype':<9} {'mode':<13} {'ex/s':>9} {'GFLOP/ex':>9} {'GFLOP/s':>8} {'% peak':>7}"
+    print(header)
+    print("-" * len(header))
+    for (config, dtype_name, mode), ex_s in results.items():
+        flops = flops_per_example[(config, dtype_name, mode)]
+        gflops = flops * ex_s / 1e9
+        print(
+            f"{config:<7} {dtype_name:<9} {mode:<13} {ex_s:9.1f} {flops / 1e9:9.3f} "
+            f"{gflops:8.1f} {gflops / peaks[dtype_name]:7.1%}"
+        )
     if {"float32", "bfloat16"} <= set(args.dtypes):
         print("\nbfloat16 autocast speed-up over float32 (same run):")
         for config in args.configs:
@@ -273,9 +335,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="paper", help="config for --profile")
     parser.add_argument("--bidirectional", action="store_true", help="--profile the MLM mode")
     parser.add_argument("--top", type=int, default=15, help="ops listed by --profile")
+    parser.add_argument(
+        "--no-retain-cpu-memory", action="store_true", help="glibc's default allocator settings"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    retained = not args.no_retain_cpu_memory and retain_freed_cpu_memory()
+    print(f"freed CPU memory retained in the process: {'yes' if retained else 'no'}")
     device = torch.device(args.device)
     if args.profile:
         run_profile(args, device)

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dhen_cvr.errors import DataError
+from dhen_cvr.runtime import retain_freed_cpu_memory
 from dhen_cvr.serve.artefact import ServingModel
 from dhen_cvr.serve.encode import encode_request
 from dhen_cvr.serve.schema import RequestSchema, ScoreResponse
@@ -183,6 +184,7 @@ def run_server(
     import uvicorn
 
     torch.set_num_threads(threads)
+    retain_freed_cpu_memory()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     app = create_app(model, max_candidates=max_candidates, max_body_bytes=max_body_bytes)
     config = uvicorn.Config(

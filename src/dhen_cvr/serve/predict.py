@@ -36,6 +36,7 @@ from dhen_cvr.data.writer import DatasetWriter
 from dhen_cvr.days import day_name, resolve_days
 from dhen_cvr.errors import DataError, DhenCvrError
 from dhen_cvr.model.cvr_model import flat_inputs
+from dhen_cvr.runtime import retain_freed_cpu_memory
 from dhen_cvr.serve.artefact import ServingModel
 
 __all__ = ["PREDICTION_PREFIX", "predict", "predict_with"]
@@ -154,6 +155,7 @@ def predict(
         raise DhenCvrError("give exactly one of --run or --artefact")
     if threads:
         torch.set_num_threads(threads)
+    retain_freed_cpu_memory()
     if artefact is not None:
         model = load_artefact(artefact, programs=("rows",))
     else:

@@ -52,6 +52,7 @@ from dhen_cvr.runtime.checkpoint import (
     latest_checkpoint,
     save_checkpoint,
 )
+from dhen_cvr.runtime.cpu_memory import retain_freed_cpu_memory
 from dhen_cvr.runtime.distributed import (
     DistContext,
     all_gather_objects,
@@ -215,6 +216,8 @@ class Trainer:
                 f"train.batch_size {tc.batch_size} is not divisible by the "
                 f"{ctx.world_size} processes"
             )
+        if tc.retain_cpu_memory:
+            retain_freed_cpu_memory()  # host memory: every step's activations on CPU
         _seed_everything(tc.seed)  # same initial weights on every rank
         self.model = CVRModel(spec, config.model, dense_stats).to(ctx.device)
         if ctx.is_distributed:
