@@ -323,6 +323,11 @@ def main(argv: list[str] | None = None) -> None:
     EPOCHS = args.epochs
 
     torch.set_num_threads(1)
+    # dhen-cvr's Trainer retains freed CPU memory (train.retain_cpu_memory): so does every
+    # side of the comparison, from the first round on.
+    from dhen_cvr.runtime import retain_freed_cpu_memory
+
+    retain_freed_cpu_memory()
     print(f"CPU: {cpu_description()}")
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         root = Path(tmp)

@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     from dhen_cvr.data.synth import WorldConfig, synthesize
 
     torch.set_num_threads(1)
+    # dhen-cvr's Trainer retains freed CPU memory (train.retain_cpu_memory): so does every
+    # side of the comparison, from the first round on.
+    from dhen_cvr.runtime import retain_freed_cpu_memory
+
+    retain_freed_cpu_memory()
     print(f"CPU: {cpu_description()}")
     config = _config(args.config, args)
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
