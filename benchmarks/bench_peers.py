@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tmp)
         flat = make_flat_world(root, args)
         flat_one = one_label(flat, args.label, root)
-        rows = pq.read_metadata(next((flat / sorted(os.listdir(flat))[0]).glob("*.parquet")))
+        rows = pq.read_metadata(next(sorted(flat.glob("dt=*"))[0].glob("*.parquet")))
         print(f"flat table: {rows.num_rows} training rows, {rows.num_columns} columns")
         candidates: dict[str, Callable[[int], dict[str, float]]] = {
             "DeepCTR-Torch DCNMix": lambda r: run_deepctr(flat, args.label, args.seed),
