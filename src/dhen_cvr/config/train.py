@@ -39,7 +39,7 @@ class TrainConfig(BaseModel):
     # runs share a machine: two processes each using every core can run 10-25x slower.
     threads: int | None = Field(default=None, gt=0)
     # Keep freed tensor memory in the process instead of returning it to the OS after each
-    # step (glibc only; runtime/cpu_memory.py): 5-20% faster CPU steps, resident memory at
+    # step (glibc only; runtime/cpu_memory.py): 1.06-1.22x faster CPU steps, resident memory at
     # its high-water mark (benchmarks/bench_cpu_memory.py).
     retain_cpu_memory: bool = True
     log_every: int = Field(default=20, gt=0)
