@@ -4,8 +4,11 @@ Each case runs in a fresh interpreter (mallopt is process-wide and cannot be und
 counts the minor page faults of 20 rounds of a forward-pass-like chain: six elementwise
 ops on a 24 MiB float32 tensor, each output replacing its input. With glibc's defaults
 freed blocks go back to the OS (munmap, heap trimming) and the next outputs fault their
-pages in again (~130,000 faults here); with the memory retained, none after the first
-round.
+pages in again, every round; with the memory retained, rounds fault nothing once the heap
+has settled. Where the heap settles depends on address-space randomisation: after five
+warm-up rounds about one run in four still faults one tensor's pages in one counted
+round (two tensors, after one warm-up round, failed CI once), so the test counts
+faulting rounds, not a total of zero.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ def step():
     for _ in range(6):
         x = x * 2 + 1
     return float(x[-1])
-step()  # first touch, outside the count
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+for _ in range(5):  # first touch and heap settling, outside the count
     step()
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults = []
+for _ in range(20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(json.dumps({"applied": applied, "again": again, "faults": faults}))
 """
+
 
 glibc_only = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -56,8 +62,11 @@ def test_retained_memory_stops_page_faults_on_reallocation() -> None:
     default, retained = probe(False), probe(True)
     assert retained["applied"] is True and retained["again"] is True  # idempotent
     pages_per_tensor = (24 << 20) // 4096
-    assert default["faults"] > 5 * pages_per_tensor, default  # returned, faulted again
-    assert retained["faults"] < pages_per_tensor, retained  # reused: not one tensor's pages
+    # defaults: freed pages went back to the OS, so (nearly) every round faults again
+    assert sum(f > pages_per_tensor for f in default["faults"]) >= 18, default
+    # retained: reused; a late settling round or two may still fault, never most rounds
+    assert sum(f > 0 for f in retained["faults"]) <= 3, retained
+    assert sum(retained["faults"]) < 3 * pages_per_tensor, retained
 
 
 def test_train_config_exposes_the_switch() -> None:
