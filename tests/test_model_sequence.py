@@ -231,3 +231,34 @@ def test_shared_encoder_has_one_transformer_and_type_embeddings() -> None:
     assert all(enc.tower(n).type_embedding is not None for n in enc.towers)
     tokens, _ = _run(tables, enc, random_batch(tiny_spec(), seed=7).sequences)
     assert tokens.shape == (6, 10, D) and torch.isfinite(tokens).all()
+
+
+def test_recent_window_drops_items_older_than_max_age_days() -> None:
+    day = 86400.0
+    ages = torch.tensor(  # seconds before the request, oldest first, 0 = padding
+        [[9 * day, 5 * day, 1 * day, 0.0], [2 * day, 1.5 * day, 3600.0, 60.0], [8 * day, 0, 0, 0]]
+    )
+    lengths = torch.tensor([3, 4, 1])
+    mask = torch.arange(4)[None] < lengths[:, None]
+    ids = torch.tensor([[1, 2, 3, 0], [4, 5, 6, 7], [8, 0, 0, 0]])
+    time = torch.stack([torch.zeros_like(ages), torch.log1p(ages)], -1) * mask[..., None]
+    seq = SequenceBatch(ids={"x": ids}, time=time, mask=mask, lengths=lengths)
+    cut, _ = recent_window(seq, 3, max_age_days=7.0)
+    assert cut.lengths.tolist() == [2, 3, 0]
+    assert cut.ids["x"].tolist() == [[2, 3, 0], [5, 6, 7], [0, 0, 0]]
+    assert cut.mask.tolist() == [[True, True, False], [True, True, True], [False] * 3]
+    torch.testing.assert_close(cut.time[0, :2, 1], torch.log1p(torch.tensor([5 * day, day])))
+    wide, _ = recent_window(seq, 10, max_age_days=1.75)
+    assert wide.lengths.tolist() == [1, 3, 0] and wide.ids["x"].shape == (3, 4)
+
+
+def test_model_with_max_age_days_ignores_older_items() -> None:
+    tables, enc = _encoders(max_age_days=0.05)
+    batch = random_batch(tiny_spec(), batch_size=4, seq_len=10, seed=5)
+    tokens, _ = _run(tables, enc, batch.sequences)
+    cut = {k: recent_window(v, 10, max_age_days=0.05)[0] for k, v in batch.sequences.items()}
+    assert any(int(c.lengths.sum()) < int(batch.sequences[k].lengths.sum()) for k, c in cut.items())
+    _, plain = _encoders()
+    plain.load_state_dict(enc.state_dict())
+    tokens_cut, _ = _run(tables, plain, cut)
+    torch.testing.assert_close(tokens, tokens_cut)

@@ -65,6 +65,10 @@ class SequenceConfig(BaseModel):
     shared: bool = False  # one encoder for all sequences, plus a sequence-type embedding
     causal: bool = True  # False: bidirectional attention (required for the MLM loss)
     max_len_cap: int | None = Field(default=None, gt=0)  # keep at most this many newest items
+    # keep only items at most this many days older than the request (None: the whole
+    # history). Whole-history sequences grow with the log's age, so a model fitted on
+    # early days over-predicts on later ones; a window keeps the inputs stationary.
+    max_age_days: float | None = Field(default=None, gt=0)
     tokens: list[SequenceTokenKind] = Field(default_factory=_default_tokens, min_length=1)
     # target attention: "softmax" (a weighted average, as in the paper's DIN module) or
     # "gated" (multi-head, sigmoid gates and a learned per-head time decay, unnormalised:
@@ -101,18 +105,30 @@ class SequenceConfig(BaseModel):
 
 
 def recent_window(
-    seq: SequenceBatch, max_len: int, mlm_mask: Tensor | None = None
+    seq: SequenceBatch,
+    max_len: int,
+    mlm_mask: Tensor | None = None,
+    max_age_days: float | None = None,
 ) -> tuple[SequenceBatch, Tensor | None]:
-    """Keep each row's newest ``max_len`` items (rows stay right-padded, oldest first).
+    """Keep each row's newest ``max_len`` items, and of those only the ones at most
+    ``max_age_days`` older than the request (rows stay right-padded, oldest first).
 
-    A no-op when ``T <= max_len``; the data loader normally cuts already. ``mlm_mask``
-    (``B x T``) is cut the same way.
+    An item's age is read from its time feature ``log(t_request - t_i + 1)``
+    (``time[..., 1]``, seconds); items are ascending in time, so the kept ones are each
+    row's last ``lengths`` valid items. A no-op when ``T <= max_len`` and no age limit is
+    set; the data loader normally cuts to ``max_len`` already. ``mlm_mask`` (``B x T``) is
+    cut the same way. ``B x T -> B x min(T, max_len)``.
     """
-    if seq.mask.shape[1] <= max_len:
+    if seq.mask.shape[1] <= max_len and max_age_days is None:
         return seq, mlm_mask
     lengths = seq.lengths.clamp(max=max_len)
-    offsets = torch.arange(max_len, device=lengths.device)
-    index = (seq.lengths - lengths)[:, None] + offsets  # B x max_len, always < T
+    if max_age_days is not None:
+        limit = math.log1p(max_age_days * 86400.0)
+        recent = (seq.time[..., 1] <= limit) & seq.mask
+        lengths = torch.minimum(lengths, recent.sum(1))
+    width = min(seq.mask.shape[1], max_len)
+    offsets = torch.arange(width, device=lengths.device)
+    index = ((seq.lengths - lengths)[:, None] + offsets).clamp(max=max(seq.mask.shape[1] - 1, 0))
     mask = offsets[None] < lengths[:, None]
     ids = {k: v.gather(1, index).masked_fill(~mask, 0) for k, v in seq.ids.items()}
     time_index = index[..., None].expand(-1, -1, seq.time.shape[-1])
@@ -444,7 +460,7 @@ class SequenceEncoders(nn.Module):
     ) -> tuple[SequenceBatch, Tensor, Tensor | None]:
         """The newest ``max_len`` items, their encoder outputs ``B x T x d_model``, the MLM
         mask cut the same way."""
-        seq, mlm = recent_window(seq, self.max_lens[name], mlm)
+        seq, mlm = recent_window(seq, self.max_lens[name], mlm, self.config.max_age_days)
         x = self.tower(name).embed_items(tables, seq, mlm)
         if seq.mask.shape[1] > 0:
             key_mask = None if self.config.causal else key_padding_mask(seq.mask)
