@@ -12,14 +12,16 @@ from dhen_cvr.model.cvr_model import CVRModel, ServedCVRModel
 from helpers_model import SEQUENCE_NAMES, random_batch, tiny_config, tiny_spec
 
 
-def _served() -> tuple[CVRModel, ServedCVRModel]:
+def _served(**sequence: Any) -> tuple[CVRModel, ServedCVRModel]:
     torch.manual_seed(0)
     spec = tiny_spec()
     n = len(spec.dense)
     stats = MinMaxStats(
         [f.name for f in spec.dense], [0.0] * n, [4.0] * n, [f.log1p for f in spec.dense]
     )
-    model = CVRModel(spec, tiny_config(sequence={"layers": 1}), dense_stats=stats).eval()
+    model = CVRModel(
+        spec, tiny_config(sequence={"layers": 1, **sequence}), dense_stats=stats
+    ).eval()
     return model, ServedCVRModel(model).eval()
 
 
@@ -60,8 +62,11 @@ def test_torch_export_with_a_dynamic_batch_matches_eager() -> None:
 
 
 @pytest.mark.slow
-def test_torch_export_with_dynamic_sequence_lengths_matches_eager() -> None:
-    model, served = _served()
+@pytest.mark.parametrize("max_age_days", [None, 0.05])
+def test_torch_export_with_dynamic_sequence_lengths_matches_eager(
+    max_age_days: float | None,
+) -> None:
+    model, served = _served(max_age_days=max_age_days)
     batch = random_batch(tiny_spec(), batch_size=6, seq_len=9, seed=4)
     exported = torch.export.export(
         served, served.flat_inputs(batch), dynamic_shapes=_dynamic_shapes(True), strict=False

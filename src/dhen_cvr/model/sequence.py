@@ -119,16 +119,21 @@ def recent_window(
     set; the data loader normally cuts to ``max_len`` already. ``mlm_mask`` (``B x T``) is
     cut the same way. ``B x T -> B x min(T, max_len)``.
     """
-    if seq.mask.shape[1] <= max_len and max_age_days is None:
-        return seq, mlm_mask
-    lengths = seq.lengths.clamp(max=max_len)
+    if seq.mask.shape[1] > max_len:
+        seq, mlm_mask = _keep_newest(seq, seq.lengths.clamp(max=max_len), max_len, mlm_mask)
     if max_age_days is not None:
-        limit = math.log1p(max_age_days * 86400.0)
-        recent = (seq.time[..., 1] <= limit) & seq.mask
-        lengths = torch.minimum(lengths, recent.sum(1))
-    width = min(seq.mask.shape[1], max_len)
+        recent = (seq.time[..., 1] <= math.log1p(max_age_days * 86400.0)) & seq.mask
+        lengths = torch.minimum(seq.lengths, recent.sum(1))
+        seq, mlm_mask = _keep_newest(seq, lengths, seq.mask.shape[1], mlm_mask)
+    return seq, mlm_mask
+
+
+def _keep_newest(
+    seq: SequenceBatch, lengths: Tensor, width: int, mlm_mask: Tensor | None
+) -> tuple[SequenceBatch, Tensor | None]:
+    """Each row's last ``lengths`` valid items, left-aligned in ``B x width``."""
     offsets = torch.arange(width, device=lengths.device)
-    index = ((seq.lengths - lengths)[:, None] + offsets).clamp(max=max(seq.mask.shape[1] - 1, 0))
+    index = ((seq.lengths - lengths)[:, None] + offsets).clamp(max=seq.mask.shape[1] - 1)
     mask = offsets[None] < lengths[:, None]
     ids = {k: v.gather(1, index).masked_fill(~mask, 0) for k, v in seq.ids.items()}
     time_index = index[..., None].expand(-1, -1, seq.time.shape[-1])
