@@ -49,4 +49,4 @@ study-small: $(STAMP)
 
 study-large: $(STAMP)
 	test -d runs/world-large || $(BIN)/dhen-cvr synth --out runs/world-large --days 14 --users 8000 --impressions-per-day 200000 --max-seq-len 32 --seed 1
-	$(BIN)/dhen-cvr study --study configs/studies/cpu_baselines.yaml --data runs/world-large --train-days 1-12 --eval-days 13-14 --out runs/study-large --set train.epochs=2 --set train.lr=0.0015 --set model.sequence.match_bins=8 --only dhen+ssl --only gbdt --quiet
+	$(BIN)/dhen-cvr study --study configs/studies/cpu_baselines.yaml --data runs/world-large --train-days 1-12 --eval-days 13-14 --out runs/study-large --set train.epochs=2 --set train.lr=0.0015 --set model.sequence.match_bins=8 --only dhen+ssl --only dhen+ssl-lookback30d --only gbdt --quiet
