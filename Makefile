@@ -39,7 +39,8 @@ clean:
 
 # Figure 5 / Figure 6 / SSL / sequence-encoder ablation and the GBDT yardstick on CPU
 # (configs/studies/cpu_baselines.yaml), 3 seeds each. study-small: the quickstart world
-# (~35 min on 2 cores); study-large: 14 days, 8000 users, DHEN+SSL and the GBDT (~15 min).
+# (~35 min on 2 cores); study-large: 14 days, 8000 users, DHEN+SSL with and without a
+# 30-day sequence lookback window, and the GBDT (~25 min).
 # Its two epochs, lr 0.0015 and piecewise-linear match counts (match_bins=8) were chosen
 # on a validation day (train 1-11, evaluate day 12: 0.8065 as tiny, 0.8087 with these),
 # not on the evaluation days. Finished runs are reused; results in runs/study-*/summary.md.
