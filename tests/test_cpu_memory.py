@@ -9,7 +9,8 @@ has settled. Where the heap settles depends on address-space randomisation: afte
 warm-up rounds about one run in four still faults one tensor's pages in one counted
 round (two tensors, after one warm-up round, failed CI once; a fresh clone's suite failed
 the stricter "<= 3 rounds, < 3 tensors" once more), so the test compares faulting rounds
-and totals with the defaults', not with zero.
+and totals with the defaults', not with zero. The defaults fault in 16-20 of the 20
+rounds (a fresh clone's suite saw fewer than 18 once), so their bound is loose too.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ def probe(retain: bool) -> dict:
 def test_retained_memory_stops_page_faults_on_reallocation() -> None:
     default, retained = probe(False), probe(True)
     assert retained["applied"] is True and retained["again"] is True  # idempotent
-    # defaults: freed pages went back to the OS, so every round faults them in again
-    assert sum(f > 0 for f in default["faults"]) >= 18, default
+    # defaults: freed pages went back to the OS, so most rounds fault them in again (glibc
+    # raises its mmap threshold as it goes, so some rounds reuse the heap: 16-20 of 20 seen)
+    assert sum(f > 0 for f in default["faults"]) >= 12, default
     # retained: reused; a late settling round may still fault, never most rounds, and the
     # total stays a small fraction of the defaults' (observed: >= 30x fewer)
     assert sum(f > 0 for f in retained["faults"]) < 10, (retained, default)
