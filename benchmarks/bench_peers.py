@@ -7,8 +7,9 @@
 One synthetic world (2 days of ``--rows`` impressions each, no down-sampling, conversion
 odds x ``--conversion-scale`` so that a day has a few hundred conversions) is cut to a
 flat table: every dense, categorical and pre-trained column, no sequences. Both
-libraries train on day 1 for one epoch and are scored on day 2 (next-day ROC-AUC of
-``--label``), one thread each, in interleaved rounds (A B C A B C ...):
+libraries train on day 1 for ``--epochs`` (5: at 1 epoch, about 40 steps, neither has
+left chance, AUC 0.4-0.6) and are scored on day 2 (next-day ROC-AUC of ``--label``), one
+thread each, in interleaved rounds (A B C A B C ...):
 
 - DeepCTR-Torch ``DCNMix`` with 2 cross layers, rank 64, one expert (so the cross layer
   is DCN V2's low-rank ``x0 * (U g(V x) + b) + x``), DNN [128, 128], embeddings 16, Adam
@@ -20,6 +21,11 @@ libraries train on day 1 for one epoch and are scored on day 2 (next-day ROC-AUC
   constant, batch 1024, no clipping, through :func:`dhen_cvr.train.train` (the
   streaming Parquet reader inside the loop), with the world's 4 heads and with
   ``--label`` alone.
+
+Beside them, untimed, on the same day-2 rows: the oracle (the world's true probabilities,
+which also see the sequences the flat table leaves out) and LightGBM on the same flat
+columns (200 trees, what a practitioner fits first), so the AUC column reads against
+both ends.
 
 "training loop": DeepCTR's ``model.fit``, dhen-cvr's ``Trainer.fit`` (its
 ``examples_per_s``; reading Parquet and the end-of-epoch checkpoint included).
@@ -58,7 +64,7 @@ LR = 1e-3
 RANK = 64
 MLP = [128, 128]
 EMBEDDING = 16
-EPOCHS = 1
+EPOCHS = 5
 
 
 def cpu_description() -> str:
@@ -288,6 +294,42 @@ def run_deepctr(data: Path, label: str, seed: int) -> dict[str, float]:
     return {"loop": rows / (done - loop_started), "e2e": rows / (done - started), "auc": auc}
 
 
+def reference_aucs(root: Path, flat: Path, label: str, seed: int) -> dict[str, float]:
+    """Next-day ROC-AUC of ``label`` on day 2 for the oracle (the full world's
+    ``oracle_<label>`` column) and for LightGBM fitted on day 1's flat columns."""
+    import lightgbm as lgb
+    from sklearn.metrics import roc_auc_score
+
+    from dhen_cvr.data.spec import load_data_spec
+    from dhen_cvr.data.writer import day_dirs
+
+    spec = load_data_spec(flat)
+    columns = [f.source for f in (*spec.dense, *spec.categorical)]
+    train_day, test_day = day_dirs(flat)[:2]
+
+    def table(day: Path) -> tuple[np.ndarray, np.ndarray]:
+        t = pq.read_table(day, columns=[*columns, label])
+        x = np.stack([t[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in columns], 1)
+        return x, t[label].to_numpy(zero_copy_only=False)
+
+    (x_train, y_train), (x_test, y_test) = table(train_day), table(test_day)
+    gbdt = lgb.LGBMClassifier(
+        n_estimators=200,
+        learning_rate=0.05,
+        num_leaves=15,
+        random_state=seed,
+        n_jobs=1,
+        verbose=-1,
+    ).fit(x_train, y_train)
+    oracle = pq.read_table(day_dirs(root / "world")[1], columns=[label, f"oracle_{label}"])
+    return {
+        "oracle (uses the sequences)": float(
+            roc_auc_score(oracle[label].to_numpy(), oracle[f"oracle_{label}"].to_numpy())
+        ),
+        "LightGBM, 200 trees": float(roc_auc_score(y_test, gbdt.predict_proba(x_test)[:, 1])),
+    }
+
+
 class _redirect_stdout:
     """DeepCTR's ``fit`` prints its device and sample counts even with ``verbose=0``."""
 
@@ -316,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="also dhen-cvr with train.compile (warmed up)"
     )
-    parser.add_argument("--epochs", type=int, default=1, help="epochs, the same for both")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs, the same for both")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     global EPOCHS
@@ -350,6 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.rounds):
             for name, run in candidates.items():
                 results[name].append(run(r))
+        references = reference_aucs(root, flat, args.label, args.seed)
 
     print(f"\nexamples/s, median [range] over {args.rounds} interleaved rounds, 1 thread")
     print(f"{'':<28} {'training loop':>24} {'end to end':>24} {'next-day AUC':>13}")
@@ -357,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
         loop, e2e = [x["loop"] for x in runs], [x["e2e"] for x in runs]
         auc = statistics.median(x["auc"] for x in runs)
         print(f"{name:<28} {_summary(loop):>24} {_summary(e2e):>24} {auc:>13.4f}")
+    for name, auc in references.items():
+        print(f"{name:<28} {'(untimed)':>24} {'':>24} {auc:>13.4f}")
     peer = "DeepCTR-Torch DCNMix"
     print("\nratios: median [range] of the per-round ratios (a round's runs share the load)")
     print(f"{'':<50} {'training loop':>20} {'end to end':>20}")
