@@ -49,6 +49,9 @@ class TrainConfig(BaseModel):
     tensorboard: bool = True
     # After training, fit each head's intercept on the training days (train/recalibrate.py).
     recalibrate: bool = True
+    # Polyak averaging: the model saved is an exponential moving average of the weights
+    # (decay per step; about 1 / (1 - decay) steps averaged), not the last iterate.
+    ema_decay: float | None = Field(default=None, gt=0, lt=1)
     # torch.compile the training objective (model + losses); the first steps pay for the
     # compilation (benchmarks/bench_peers.py --compile measures it on and off).
     compile: bool = False

@@ -70,6 +70,7 @@ from dhen_cvr.train.losses import (
 )
 from dhen_cvr.train.metric_log import MetricLog
 from dhen_cvr.train.optim import build_optimizer, learning_rate
+from dhen_cvr.train.weight_average import WeightAverage
 
 __all__ = [
     "BatchHook",
@@ -246,6 +247,7 @@ class Trainer:
         if tc.compile:
             self.ddp.compile()  # in place: state dicts keep their keys
         self.optimizer = build_optimizer(self.model, tc)
+        self.ema = WeightAverage(self.model, tc.ema_decay) if tc.ema_decay else None
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         # SSL negatives / MLM masks differ per rank but are reproducible from the seed.
         self.generator = torch.Generator(ctx.device).manual_seed(tc.seed * 7919 + ctx.rank + 1)
@@ -280,6 +282,8 @@ class Trainer:
         """Resume: weights, optimiser, progress and this rank's RNG states."""
         self.load_weights(checkpoint)
         self.optimizer.load_state_dict(checkpoint.state["optimizer"])
+        if self.ema is not None and "weight_average" in checkpoint.state:
+            self.ema.load_state_dict(checkpoint.state["weight_average"])
         self.progress = checkpoint.progress
         rng = checkpoint.state["rng"]  # applied by _epoch_iterator; per rank, same world size
         self._pending_rng = rng[self.ctx.rank] if len(rng) == self.ctx.world_size else None
@@ -290,13 +294,16 @@ class Trainer:
         rng = all_gather_objects(self.ctx, _rng_state(self.generator))
         path: Path | None = None
         if self.ctx.is_main:
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": rng,
+            }
+            if self.ema is not None:  # mid-run: the average so far, for a resume
+                state["weight_average"] = self.ema.state_dict()
             path = save_checkpoint(
                 self.run,
-                state={
-                    "model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "rng": rng,
-                },
+                state=state,
                 progress=self.progress,
                 dense_stats=self.dense_stats.to_dict(),
                 spec=self.spec,
@@ -357,6 +364,8 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
 
         # logged: row-weighted means over ranks, summed over the window's steps
         weighted = terms if term_weight is None else terms * term_weight
@@ -479,6 +488,10 @@ class Trainer:
         finally:
             bar.close()
             log.close()
+        if self.ema is not None:  # from here on the model is the average (and saved as it)
+            self.ema.copy_to(self.model)
+            self.ema = None
+            checkpoint = self.save()
         if checkpoint is None:  # nothing left to train and nothing saved yet
             checkpoint = self.save()
         assert checkpoint is not None
