@@ -4,7 +4,6 @@ run without it), and a run interrupted mid-way resumes to the same average."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,6 @@ from dhen_cvr.train.weight_average import WeightAverage
 from train_world import make_world, tiny_config
 
 DECAY = 0.8
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
