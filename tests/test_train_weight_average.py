@@ -109,3 +109,11 @@ def test_resumed_run_continues_the_average(data: Path, tmp_path: Path) -> None:
     want = load_checkpoint(reference.checkpoint).model_state
     for name, value in load_checkpoint(resumed.checkpoint).model_state.items():
         torch.testing.assert_close(value, want[name], rtol=0, atol=0, msg=name)
+
+    # Resuming the finished run trains nothing and keeps the averaged weights (its
+    # intercepts are refitted, hence parameters only).
+    again = train(None, None, None, tmp_path / "ref", resume=True, show_progress=False)
+    assert again.progress == reference.progress
+    state = load_checkpoint(again.checkpoint).model_state
+    for name, _ in again.model.named_parameters():
+        torch.testing.assert_close(state[name], want[name], rtol=0, atol=0, msg=name)

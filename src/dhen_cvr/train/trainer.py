@@ -488,7 +488,7 @@ class Trainer:
         finally:
             bar.close()
             log.close()
-        if self.ema is not None:  # from here on the model is the average (and saved as it)
+        if self.ema is not None and self.ema.steps:  # from here on the model is the average
             self.ema.copy_to(self.model)
             self.ema = None
             checkpoint = self.save()
