@@ -12,7 +12,6 @@ import torch
 from dhen_cvr.data.batch import Batch
 from dhen_cvr.runtime.checkpoint import load_checkpoint
 from dhen_cvr.train import train
-from dhen_cvr.train.weight_average import WeightAverage
 from train_world import make_world, tiny_config
 
 DECAY = 0.8
@@ -21,28 +20,6 @@ DECAY = 0.8
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_world(tmp_path_factory.mktemp("ema") / "world")
-
-
-def test_weight_average_matches_a_float64_loop() -> None:
-    torch.manual_seed(0)
-    model = torch.nn.Linear(3, 2)
-    average = WeightAverage(model, DECAY)
-    expected: list[torch.Tensor] | None = None
-    for _ in range(7):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p))
-        average.update(model)
-        now = [p.detach().double().clone() for p in model.parameters()]
-        expected = (
-            now
-            if expected is None
-            else [DECAY * e + (1 - DECAY) * w for e, w in zip(expected, now, strict=True)]
-        )
-    assert expected is not None
-    average.copy_to(model)
-    for p, e in zip(model.parameters(), expected, strict=True):
-        torch.testing.assert_close(p.double(), e, rtol=0, atol=1e-6)
 
 
 @pytest.mark.usefixtures("one_thread")

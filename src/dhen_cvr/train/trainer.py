@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dhen_cvr.config import ExperimentConfig
@@ -70,7 +71,6 @@ from dhen_cvr.train.losses import (
 )
 from dhen_cvr.train.metric_log import MetricLog
 from dhen_cvr.train.optim import build_optimizer, learning_rate
-from dhen_cvr.train.weight_average import WeightAverage
 
 __all__ = [
     "BatchHook",
@@ -247,7 +247,11 @@ class Trainer:
         if tc.compile:
             self.ddp.compile()  # in place: state dicts keep their keys
         self.optimizer = build_optimizer(self.model, tc)
-        self.ema = WeightAverage(self.model, tc.ema_decay) if tc.ema_decay else None
+        # train.ema_decay: a moving average of the weights, saved at the end instead of the
+        # last iterate (buffers are not averaged: the model's own are kept).
+        self.ema: AveragedModel | None = None
+        if tc.ema_decay:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         # SSL negatives / MLM masks differ per rank but are reproducible from the seed.
         self.generator = torch.Generator(ctx.device).manual_seed(tc.seed * 7919 + ctx.rank + 1)
@@ -299,7 +303,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "rng": rng,
             }
-            if self.ema is not None:  # mid-run: the average so far, for a resume
+            if self.ema is not None:  # mid-run checkpoints: the average so far, for a resume
                 state["weight_average"] = self.ema.state_dict()
             path = save_checkpoint(
                 self.run,
@@ -365,7 +369,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update_parameters(self.model)
 
         # logged: row-weighted means over ranks, summed over the window's steps
         weighted = terms if term_weight is None else terms * term_weight
@@ -488,8 +492,12 @@ class Trainer:
         finally:
             bar.close()
             log.close()
-        if self.ema is not None and self.ema.steps:  # from here on the model is the average
-            self.ema.copy_to(self.model)
+        if self.ema is not None and self.ema.n_averaged:  # from here on, the model is the average
+            with torch.no_grad():
+                for param, average in zip(
+                    self.model.parameters(), self.ema.module.parameters(), strict=True
+                ):
+                    param.copy_(average)
             self.ema = None
             checkpoint = self.save()
         if checkpoint is None:  # nothing left to train and nothing saved yet
