@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+from train_world import make_world
 
 
 @pytest.fixture
@@ -16,3 +19,9 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small synthetic world of ``train_world.make_world``, one per test module."""
+    return make_world(tmp_path_factory.mktemp("world") / "world")

@@ -22,7 +22,7 @@ import torch
 
 from dhen_cvr.runtime.checkpoint import latest_checkpoint, load_checkpoint
 from dhen_cvr.train import train
-from train_world import RowRecorder, make_world, tiny_config
+from train_world import RowRecorder, tiny_config
 
 # Two shuffled epochs with SSL on (its negatives draw from a generator that must resume
 # too), a checkpoint every 3 steps.
@@ -42,16 +42,11 @@ def _rows(records: list[dict[str, object]]) -> Counter[tuple[int, int, int]]:
     )
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_world(tmp_path_factory.mktemp("resume") / "world")
-
-
 @pytest.mark.usefixtures("one_thread")
-def test_kill_and_resume_trains_every_row_once(data: Path, tmp_path: Path) -> None:
+def test_kill_and_resume_trains_every_row_once(tiny_world: Path, tmp_path: Path) -> None:
     reference = train(
         tiny_config(*SETTINGS),
-        data,
+        tiny_world,
         "1-2",
         tmp_path / "ref",
         show_progress=False,
@@ -65,7 +60,7 @@ def test_kill_and_resume_trains_every_row_once(data: Path, tmp_path: Path) -> No
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     script = Path(__file__).with_name("train_world.py")
     trace = tmp_path / "killed.jsonl"
-    command = [sys.executable, str(script), str(data), str(killed), str(trace), *SETTINGS]
+    command = [sys.executable, str(script), str(tiny_world), str(killed), str(trace), *SETTINGS]
     proc = subprocess.Popen(
         command,
         env=env,

@@ -12,18 +12,13 @@ import torch
 from dhen_cvr.data.batch import Batch
 from dhen_cvr.runtime.checkpoint import load_checkpoint
 from dhen_cvr.train import train
-from train_world import make_world, tiny_config
+from train_world import tiny_config
 
 DECAY = 0.8
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_world(tmp_path_factory.mktemp("ema") / "world")
-
-
 @pytest.mark.usefixtures("one_thread")
-def test_final_model_is_the_average_of_the_iterates(data: Path, tmp_path: Path) -> None:
+def test_final_model_is_the_average_of_the_iterates(tiny_world: Path, tmp_path: Path) -> None:
     # Without averaging, a checkpoint after every step: the iterates of the same run.
     plain = train(
         tiny_config(
@@ -31,7 +26,7 @@ def test_final_model_is_the_average_of_the_iterates(data: Path, tmp_path: Path) 
             "train.keep_checkpoints=1000",
             "train.recalibrate=false",
         ),
-        data,
+        tiny_world,
         "1",
         tmp_path / "plain",
         show_progress=False,
@@ -40,7 +35,7 @@ def test_final_model_is_the_average_of_the_iterates(data: Path, tmp_path: Path) 
     assert len(steps) == plain.progress.step >= 5
     averaged = train(
         tiny_config(f"train.ema_decay={DECAY}", "train.recalibrate=false"),
-        data,
+        tiny_world,
         "1",
         tmp_path / "ema",
         show_progress=False,
@@ -68,9 +63,11 @@ class _Interrupt(Exception):
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_resumed_run_continues_the_average(data: Path, tmp_path: Path) -> None:
+def test_resumed_run_continues_the_average(tiny_world: Path, tmp_path: Path) -> None:
     settings = (f"train.ema_decay={DECAY}", "train.epochs=2", "train.checkpoint_every_steps=3")
-    reference = train(tiny_config(*settings), data, "1", tmp_path / "ref", show_progress=False)
+    reference = train(
+        tiny_config(*settings), tiny_world, "1", tmp_path / "ref", show_progress=False
+    )
     stop_at = reference.progress.step // 2 + 2  # mid-epoch 2, after a checkpoint
 
     def crash(epoch: int, step: int, batch: Batch) -> None:
@@ -79,7 +76,12 @@ def test_resumed_run_continues_the_average(data: Path, tmp_path: Path) -> None:
 
     with pytest.raises(_Interrupt):
         train(
-            tiny_config(*settings), data, "1", tmp_path / "cut", show_progress=False, on_batch=crash
+            tiny_config(*settings),
+            tiny_world,
+            "1",
+            tmp_path / "cut",
+            show_progress=False,
+            on_batch=crash,
         )
     resumed = train(None, None, None, tmp_path / "cut", resume=True, show_progress=False)
     assert resumed.progress == reference.progress
