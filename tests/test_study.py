@@ -111,3 +111,31 @@ def test_study_lists_a_gbdt_baseline_beside_the_variants(data: Path, tmp_path: P
         assert report.heads == result.heads and len(report.days) == 1
     assert result.summary["gbdt"]["checkout"]["roc_auc"][2] == 2  # both seeds
     assert "| gbdt |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_parallel_study_matches_the_sequential_one(data: Path, tmp_path: Path) -> None:
+    """``jobs=2`` runs two seeds at once in spawned processes and writes the same results."""
+    study = load_study(_study_file(tmp_path, variants={"dhen": {"loss.ssl.objective": "none"}}))
+    threads = ["train.threads=1"]
+    one = run_study(
+        study, data, "1", "2", tmp_path / "one", extra_overrides=threads, show_progress=False
+    )
+    two = run_study(
+        study,
+        data,
+        "1",
+        "2",
+        tmp_path / "two",
+        extra_overrides=threads,
+        show_progress=False,
+        jobs=2,
+    )
+    assert two.summary == one.summary
+    for seed in (0, 1):
+        a, b = (
+            EvalReport.load(tmp_path / o / "dhen" / f"seed{seed}" / "eval.json")
+            for o in ("one", "two")
+        )
+        assert a.mean == b.mean
+    with pytest.raises(DhenCvrError, match="--jobs"):
+        run_study(study, data, "1", "2", tmp_path / "three", jobs=0)

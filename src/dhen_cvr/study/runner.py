@@ -34,9 +34,12 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import shutil
 import statistics
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,8 +160,15 @@ def run_study(
     only: list[str] | None = None,
     show_progress: bool = True,
     spec: str | Path | None = None,
+    jobs: int = 1,
 ) -> StudyResult:
-    """Train + evaluate every (variant, seed) not already done, then summarise."""
+    """Train + evaluate every (variant, seed) not already done, then summarise.
+
+    ``jobs > 1`` runs that many (variant, seed) runs at once, each in its own process with
+    ``train.threads`` = cores / ``jobs`` unless the overrides set it (results are those of
+    ``jobs=1`` with the same threads: every run is seeded and independent)."""
+    if jobs < 1:
+        raise DhenCvrError(f"--jobs must be at least 1, got {jobs}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = sorted(set(only or []) - set(study.names))
@@ -188,31 +198,94 @@ def run_study(
         )
     for name in study.baselines:
         load_baseline_config(None, study.baseline_overrides(name, study.seeds[0]))
-    for variant in only or study.names:
-        for seed in study.seeds:
-            run = out / variant / f"seed{seed}"
-            if (run / "eval.json").is_file():
-                continue
-            if variant in study.baselines:
-                print(f"[study] {variant} (baseline) seed {seed} -> {run}", flush=True)
-                gbdt = load_baseline_config(None, study.baseline_overrides(variant, seed))
-                train_baseline(data, train_days, eval_days, run, gbdt, overwrite=True, spec=spec)
-                continue
-            config = load_experiment_config(
-                study.base, study.overrides(variant, seed, extra_overrides)
-            )
-            print(f"[study] {variant} seed {seed} -> {run}", flush=True)
-            train_and_evaluate(
-                config,
-                data,
-                train_days,
-                run,
-                eval_days=eval_days,
-                resume="if-exists",
-                show_progress=show_progress,
-                spec=spec,
-            )
+    jobs_to_run = [
+        _RunJob(
+            study,
+            variant,
+            seed,
+            out / variant / f"seed{seed}",
+            str(data),
+            train_days,
+            eval_days,
+            list(extra_overrides or []),
+            spec,
+            show_progress and jobs == 1,
+        )
+        for variant in only or study.names
+        for seed in study.seeds
+        if not (out / variant / f"seed{seed}" / "eval.json").is_file()
+    ]
+    if jobs == 1 or len(jobs_to_run) <= 1:
+        for job in jobs_to_run:
+            _run_one(job)
+    else:
+        _run_parallel(jobs_to_run, jobs)
     return summarize(out, study)
+
+
+@dataclass(frozen=True)
+class _RunJob:
+    """One (variant, seed) run of a study: everything a worker process needs."""
+
+    study: StudyConfig
+    variant: str
+    seed: int
+    run: Path
+    data: str
+    train_days: str
+    eval_days: str
+    extra_overrides: list[str]
+    spec: str | Path | None
+    show_progress: bool
+
+
+def _run_one(job: _RunJob) -> None:
+    """Train + evaluate one run (a baseline, or a variant through the pipeline)."""
+    study, variant, seed = job.study, job.variant, job.seed
+    if variant in study.baselines:
+        print(f"[study] {variant} (baseline) seed {seed} -> {job.run}", flush=True)
+        gbdt = load_baseline_config(None, study.baseline_overrides(variant, seed))
+        train_baseline(
+            job.data, job.train_days, job.eval_days, job.run, gbdt, overwrite=True, spec=job.spec
+        )
+        return
+    config = load_experiment_config(study.base, study.overrides(variant, seed, job.extra_overrides))
+    print(f"[study] {variant} seed {seed} -> {job.run}", flush=True)
+    train_and_evaluate(
+        config,
+        job.data,
+        job.train_days,
+        job.run,
+        eval_days=job.eval_days,
+        resume="if-exists",
+        show_progress=job.show_progress,
+        spec=job.spec,
+    )
+
+
+def _run_parallel(jobs_to_run: list[_RunJob], jobs: int) -> None:
+    """Run ``jobs_to_run`` in ``jobs`` fresh (spawned) processes; the first failure stops
+    the queue and is raised here once the runs in flight end."""
+    first = jobs_to_run[0]
+    if not any(
+        key == "train.threads"
+        for key in [*first.study.set, *(o.split("=", 1)[0] for o in first.extra_overrides)]
+    ):
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        jobs_to_run = [
+            replace(j, extra_overrides=[f"train.threads={threads}", *j.extra_overrides])
+            for j in jobs_to_run
+        ]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [pool.submit(_run_one, job) for job in jobs_to_run]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def summarize(out: str | Path, study: StudyConfig) -> StudyResult:
