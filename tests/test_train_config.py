@@ -64,6 +64,11 @@ def test_apply_overrides_copies() -> None:
         (["train.lrr=1"], r"train\.lrr: Extra inputs are not permitted"),
         (["train.lr.x=1"], r"train\.lr is not a section"),
         (["optimizer.lr=1"], r"optimizer: Extra inputs are not permitted"),
+        # JSON whose quotes a shell stripped: named, not a pydantic "Field required"
+        (
+            ["model.dhen.layers=[{modules:[{name:mlp,hidden:[16]}]}]"],
+            r"'name:mlp' was read as one key with no value .*'name: mlp'",
+        ),
     ],
 )
 def test_bad_overrides(config_file: Path, overrides: list[str], message: str) -> None:

@@ -102,7 +102,32 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as err:
         raise DhenCvrError(f"override {text!r}: value is not valid YAML ({err})") from None
+    glued = _glued_key(value)
+    if glued is not None:
+        raise DhenCvrError(
+            f"override {text!r}: {glued!r} was read as one key with no value (YAML needs a "
+            f"space after the colon: '{glued.replace(':', ': ', 1)}'); JSON works too if "
+            "its quotes reach the program, so quote the whole --set value for your shell"
+        )
     return key.strip().split("."), value
+
+
+def _glued_key(value: Any) -> str | None:
+    """The first mapping key like ``name:mlp`` with no value inside ``value`` (what a JSON
+    override becomes when a shell strips its quotes), else None."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if v is None and isinstance(k, str) and ":" in k:
+                return k
+            found = _glued_key(v)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            found = _glued_key(item)
+            if found is not None:
+                return found
+    return None
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
