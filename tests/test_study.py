@@ -77,6 +77,9 @@ def test_bad_study_files_fail_before_training(data: Path, tmp_path: Path) -> Non
     with pytest.raises(DhenCvrError, match=r"train\.lr"):
         run_study(bad, data, "1-2", "3", tmp_path / "out", show_progress=False)
     assert not list((tmp_path / "out").glob("x/*"))
+    with pytest.raises(DhenCvrError, match="day 9 does not exist"):
+        run_study(load_study(_study_file(tmp_path)), data, "1", "9", tmp_path / "o3", jobs=2)
+    assert not (tmp_path / "o3").exists() or not list((tmp_path / "o3").glob("*/*"))
     with pytest.raises(DhenCvrError, match="unknown variants"):
         run_study(load_study(_study_file(tmp_path)), data, "1", "2", tmp_path / "o2", only=["nope"])
 

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dhen_cvr.baseline import load_baseline_config, train_baseline
 from dhen_cvr.config import load_experiment_config
+from dhen_cvr.days import select_days
 from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.eval.evaluate import EvalReport
 from dhen_cvr.pipeline import train_and_evaluate
@@ -191,7 +192,10 @@ def run_study(
         )
         + "\n"
     )
-    # Validate every config before the first (long) run, so a typo fails in seconds.
+    # Validate the days and every config before the first (long) run, so a typo fails in
+    # seconds, not in a worker process after the first run has started.
+    for selection in (train_days, eval_days):
+        select_days(data, selection)
     for variant in study.variants:
         load_experiment_config(
             study.base, study.overrides(variant, study.seeds[0], extra_overrides)
