@@ -69,6 +69,16 @@ def test_study_runs_every_variant_and_seed_and_summarises(data: Path, tmp_path: 
     assert (tmp_path / "out" / "dhen" / "seed0" / "eval.json").stat().st_mtime_ns == stamp
     assert again.summary == result.summary
 
+    # ... but never a finished run of another config or other days: that is an error.
+    changed = load_study(
+        _study_file(tmp_path, variants={"dhen": {"loss.ssl.objective": "none", "train.lr": 0.01}})
+    )
+    with pytest.raises(DhenCvrError, match=r"another config \(train\.lr: 0\.003 there, 0\.01"):
+        run_study(changed, data, "1", "2", tmp_path / "out", show_progress=False)
+    with pytest.raises(DhenCvrError, match="other evaluation days"):
+        run_study(study, data, "1", "3", tmp_path / "out", show_progress=False)
+    assert (tmp_path / "out" / "dhen" / "seed0" / "eval.json").stat().st_mtime_ns == stamp
+
 
 def test_bad_study_files_fail_before_training(data: Path, tmp_path: Path) -> None:
     with pytest.raises(DhenCvrError, match="variants"):

@@ -48,10 +48,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dhen_cvr.baseline import load_baseline_config, train_baseline
 from dhen_cvr.config import load_experiment_config
-from dhen_cvr.days import select_days
+from dhen_cvr.days import day_name, select_days
 from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.eval.evaluate import EvalReport
 from dhen_cvr.pipeline import train_and_evaluate
+from dhen_cvr.runtime import read_run_folder
 from dhen_cvr.study.plot import plot_lift
 from dhen_cvr.study.report import lift_markdown, lift_rows, load_reports
 
@@ -202,7 +203,7 @@ def run_study(
         )
     for name in study.baselines:
         load_baseline_config(None, study.baseline_overrides(name, study.seeds[0]))
-    jobs_to_run = [
+    planned = [
         _RunJob(
             study,
             variant,
@@ -217,8 +218,8 @@ def run_study(
         )
         for variant in only or study.names
         for seed in study.seeds
-        if not (out / variant / f"seed{seed}" / "eval.json").is_file()
     ]
+    jobs_to_run = [job for job in planned if not _finished(job)]
     if jobs == 1 or len(jobs_to_run) <= 1:
         for job in jobs_to_run:
             _run_one(job)
@@ -241,6 +242,66 @@ class _RunJob:
     extra_overrides: list[str]
     spec: str | Path | None
     show_progress: bool
+
+
+# Settings that do not change what a run learns: a finished run is reused across them.
+_REUSE_IGNORES = ("threads",)
+
+
+def _finished(job: _RunJob) -> bool:
+    """Whether ``job.run`` holds a finished run of this very job (reused as it is). A
+    finished run of another config or other days is an error, not silently reused."""
+    if not (job.run / "eval.json").is_file():
+        return False
+    if job.variant in job.study.baselines:
+        stored = json.loads((job.run / "run.json").read_text())
+        wanted = load_baseline_config(
+            None, job.study.baseline_overrides(job.variant, job.seed)
+        ).to_dict()
+        stored_config, stored_train = stored.get("config", {}), stored.get("train_days")
+    else:
+        info = read_run_folder(job.run)
+        if info is None:
+            raise DhenCvrError(f"{job.run} has an eval.json but no run folder files")
+        wanted = load_experiment_config(
+            job.study.base, job.study.overrides(job.variant, job.seed, job.extra_overrides)
+        ).to_dict()
+        stored_config, stored_train = info.config.to_dict(), info.train_days
+        for config in (wanted, stored_config):
+            for key in _REUSE_IGNORES:
+                config.get("train", {}).pop(key, None)
+    difference = _first_difference(stored_config, wanted)
+    if difference is not None:
+        key, was, now = difference
+        raise DhenCvrError(
+            f"{job.run} holds a finished run of another config ({key}: {was!r} there, "
+            f"{now!r} in this study); delete it or choose another --out"
+        )
+    days = {
+        "training": (stored_train, [day_name(d) for d in select_days(job.data, job.train_days)]),
+        "evaluation": (
+            EvalReport.load(job.run / "eval.json").days,
+            [day_name(d) for d in select_days(job.data, job.eval_days)],
+        ),
+    }
+    for what, (was_days, now_days) in days.items():
+        if list(was_days or []) != now_days:
+            raise DhenCvrError(
+                f"{job.run} holds a finished run on other {what} days ({was_days} there, "
+                f"{now_days} in this study); delete it or choose another --out"
+            )
+    return True
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """``(dotted key, a's value, b's value)`` of the first place ``a`` and ``b`` differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in [*a, *(k for k in b if k not in a)]:
+            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (path or "(top level)", a, b)
 
 
 def _run_one(job: _RunJob) -> None:
