@@ -85,6 +85,11 @@ def test_existing_run_is_refused_and_a_finished_run_resumes_as_is(
         train(None, None, "1-2", run, resume=True, show_progress=False)
     again = train(None, None, None, run, resume=True, show_progress=False)
     assert again.progress == first.progress and again.checkpoint == first.checkpoint
+    # another CPU thread count is not another config (a study restarted with other --jobs)
+    threads = train(
+        tiny_config("train.threads=1"), None, None, run, resume=True, show_progress=False
+    )
+    assert threads.progress == first.progress
 
 
 @pytest.mark.parametrize(

@@ -197,12 +197,15 @@ def _resume_plan(
         warm = init_from if init_from is not None else info.init_from
         checkpoint = None if warm is None else load_checkpoint(warm)
         return TrainingPlan(run, config, data_path, days, checkpoint, True, spec=info.spec)
+    stored = info.config
     if config is not None:
         given = config if isinstance(config, ExperimentConfig) else load_experiment_config(config)
-        if given != info.config:
+        if _with_threads(given, None) != _with_threads(stored, None):
             raise DhenCvrError(
                 f"cannot resume {run} with a different config; omit --config to use its own"
             )
+        # CPU threads are the machine's business, not the run's: take the ones given now.
+        stored = _with_threads(stored, given.train.threads)
     data_path = Path(data) if data is not None else info.data
     days = select_days(data_path, ",".join(info.train_days))
     if train_days is not None:
@@ -210,7 +213,13 @@ def _resume_plan(
         if given_days != info.train_days:
             raise DhenCvrError(f"cannot resume {run} on other training days than {info.train_days}")
     checkpoint = load_checkpoint(run)  # the newest that loads
-    return TrainingPlan(run, info.config, data_path, days, checkpoint, False, False, info.spec)
+    return TrainingPlan(run, stored, data_path, days, checkpoint, False, False, info.spec)
+
+
+def _with_threads(config: ExperimentConfig, threads: int | None) -> ExperimentConfig:
+    """``config`` with ``train.threads`` set to ``threads``."""
+    train = config.train.model_copy(update={"threads": threads})
+    return config.model_copy(update={"train": train})
 
 
 def _check_compatible(checkpoint: Checkpoint, config: ExperimentConfig, spec: FeatureSpec) -> None:
