@@ -44,12 +44,12 @@ clean:
 # Its two epochs, lr 0.0015 and piecewise-linear match counts (match_bins=8) were chosen
 # on a validation day (train 1-11, evaluate day 12: 0.8065 as tiny, 0.8087 with these),
 # not on the evaluation days. Finished runs are reused; results in runs/study-*/summary.md.
-# JOBS runs at once (one process each, CPU threads split among them).
-JOBS ?= 2
+# WORKERS runs at once (one process each, CPU threads split among them).
+WORKERS ?= 2
 study-small: $(STAMP)
 	test -d runs/world-small || $(BIN)/dhen-cvr synth --out runs/world-small --days 6 --users 4000 --impressions-per-day 150000 --max-seq-len 32 --seed 0
-	$(BIN)/dhen-cvr study --study configs/studies/cpu_baselines.yaml --data runs/world-small --train-days 1-5 --eval-days 6 --out runs/study-small --jobs $(JOBS) --quiet
+	$(BIN)/dhen-cvr study --study configs/studies/cpu_baselines.yaml --data runs/world-small --train-days 1-5 --eval-days 6 --out runs/study-small --workers $(WORKERS) --quiet
 
 study-large: $(STAMP)
 	test -d runs/world-large || $(BIN)/dhen-cvr synth --out runs/world-large --days 14 --users 8000 --impressions-per-day 200000 --max-seq-len 32 --seed 1
-	$(BIN)/dhen-cvr study --study configs/studies/cpu_baselines.yaml --data runs/world-large --train-days 1-12 --eval-days 13-14 --out runs/study-large --set train.epochs=2 --set train.lr=0.0015 --set model.sequence.match_bins=8 --only dhen+ssl --only dhen+ssl-lookback30d --only dhen+ssl-lookback30d-wd1 --only gbdt --jobs $(JOBS) --quiet
+	$(BIN)/dhen-cvr study --study configs/studies/cpu_baselines.yaml --data runs/world-large --train-days 1-12 --eval-days 13-14 --out runs/study-large --set train.epochs=2 --set train.lr=0.0015 --set model.sequence.match_bins=8 --only dhen+ssl --only dhen+ssl-lookback30d --only dhen+ssl-lookback30d-wd1 --only gbdt --workers $(WORKERS) --quiet

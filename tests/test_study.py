@@ -88,7 +88,7 @@ def test_bad_study_files_fail_before_training(data: Path, tmp_path: Path) -> Non
         run_study(bad, data, "1-2", "3", tmp_path / "out", show_progress=False)
     assert not list((tmp_path / "out").glob("x/*"))
     with pytest.raises(DhenCvrError, match="day 9 does not exist"):
-        run_study(load_study(_study_file(tmp_path)), data, "1", "9", tmp_path / "o3", jobs=2)
+        run_study(load_study(_study_file(tmp_path)), data, "1", "9", tmp_path / "o3", workers=2)
     assert not (tmp_path / "o3").exists() or not list((tmp_path / "o3").glob("*/*"))
     with pytest.raises(DhenCvrError, match="unknown variants"):
         run_study(load_study(_study_file(tmp_path)), data, "1", "2", tmp_path / "o2", only=["nope"])
@@ -127,7 +127,7 @@ def test_study_lists_a_gbdt_baseline_beside_the_variants(data: Path, tmp_path: P
 
 
 def test_parallel_study_matches_the_sequential_one(data: Path, tmp_path: Path) -> None:
-    """``jobs=2`` runs two seeds at once in spawned processes and writes the same results."""
+    """``workers=2`` runs two seeds at once in spawned processes and writes the same results."""
     study = load_study(_study_file(tmp_path, variants={"dhen": {"loss.ssl.objective": "none"}}))
     threads = ["train.threads=1"]
     one = run_study(
@@ -141,7 +141,7 @@ def test_parallel_study_matches_the_sequential_one(data: Path, tmp_path: Path) -
         tmp_path / "two",
         extra_overrides=threads,
         show_progress=False,
-        jobs=2,
+        workers=2,
     )
     assert two.summary == one.summary
     for seed in (0, 1):
@@ -150,5 +150,5 @@ def test_parallel_study_matches_the_sequential_one(data: Path, tmp_path: Path) -
             for o in ("one", "two")
         )
         assert a.mean == b.mean
-    with pytest.raises(DhenCvrError, match="--jobs"):
-        run_study(study, data, "1", "2", tmp_path / "three", jobs=0)
+    with pytest.raises(DhenCvrError, match="--workers"):
+        run_study(study, data, "1", "2", tmp_path / "three", workers=0)

@@ -25,8 +25,8 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Option([], "--set", help="override for every run"),
         only: list[str] = typer.Option([], "--only", help="run only these variants"),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
-        jobs: int = typer.Option(
-            1, "--jobs", help="runs at once, one process each (threads split among them)"
+        workers: int = typer.Option(
+            1, "--workers", help="runs trained at once, one process each (threads split)"
         ),
         report: Path | None = typer.Option(
             None, "--report", help="also copy report.md, lift.png and summary.* here"
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
             only=list(only) or None,
             show_progress=not quiet,
             spec=spec,
-            jobs=jobs,
+            workers=workers,
         )
         typer.echo(result.markdown)
         typer.echo(f"summary: {result.out / 'summary.md'}")

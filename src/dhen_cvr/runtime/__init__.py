@@ -4,8 +4,8 @@ allocator setting every training or serving process applies.
 
 Public surface: :func:`save_checkpoint`, :func:`load_checkpoint`,
 :func:`latest_checkpoint`, :func:`load_trained_model`, :class:`TrainProgress`,
-:class:`DistContext`, :func:`init_distributed`, :func:`retain_freed_cpu_memory`, and the
-run-folder helpers."""
+:class:`DistContext`, :func:`init_distributed`, :func:`retain_freed_cpu_memory`,
+:func:`run_in_processes` (parallel independent runs), and the run-folder helpers."""
 
 from dhen_cvr.runtime.checkpoint import (
     Checkpoint,
@@ -19,6 +19,7 @@ from dhen_cvr.runtime.checkpoint import (
 )
 from dhen_cvr.runtime.cpu_memory import retain_freed_cpu_memory
 from dhen_cvr.runtime.distributed import DistContext, init_distributed, is_main_process
+from dhen_cvr.runtime.processes import run_in_processes
 from dhen_cvr.runtime.run_folder import RunInfo, read_run_folder, write_run_folder
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "read_run_folder",
     "resolve_checkpoint",
     "retain_freed_cpu_memory",
+    "run_in_processes",
     "save_checkpoint",
     "write_run_folder",
 ]

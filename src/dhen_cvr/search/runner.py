@@ -8,14 +8,10 @@ trials train in ``OUT/runs/<key>/``; each finished one is appended to the store 
 
 from __future__ import annotations
 
-import ctypes
-import multiprocessing
-import signal
-import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from dhen_cvr.runtime import run_in_processes
 from dhen_cvr.search.measure import run_trial
 from dhen_cvr.search.space import Candidate, SearchSpace
 from dhen_cvr.search.store import TrialRecord, TrialStore
@@ -23,22 +19,10 @@ from dhen_cvr.search.store import TrialRecord, TrialStore
 __all__ = ["TrialRunner"]
 
 
-def _die_with_parent() -> None:
-    """A worker is killed with the search (Linux ``PR_SET_PDEATHSIG``), so that after a
-    ``kill -9`` no orphan keeps training into a folder the resumed search reuses."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-
-
 def _trial_in_worker(
-    space: SearchSpace,
-    candidate: Candidate,
-    data: str,
-    train_days: str,
-    eval_days: str,
-    run: str,
-    extra: list[str],
+    args: tuple[SearchSpace, Candidate, str, str, str, str, list[str]],
 ) -> TrialRecord:
+    space, candidate, data, train_days, eval_days, run, extra = args
     return run_trial(space, candidate, data, train_days, eval_days, run, extra_overrides=extra)
 
 
@@ -89,25 +73,11 @@ class TrialRunner:
                 )
                 self._record(record, done)
         else:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=context, initializer=_die_with_parent
-            ) as pool:
-                futures = [
-                    pool.submit(
-                        _trial_in_worker,
-                        self.space,
-                        candidate,
-                        self.data,
-                        self.train_days,
-                        self.eval_days,
-                        run,
-                        self.extra,
-                    )
-                    for candidate, run in args
-                ]
-                for future in as_completed(futures):
-                    self._record(future.result(), done)
+            calls = [
+                (self.space, c, self.data, self.train_days, self.eval_days, run, self.extra)
+                for c, run in args
+            ]
+            run_in_processes(_trial_in_worker, calls, self.workers, lambda r: self._record(r, done))
         return [done[c.key] for c in candidates]
 
     def _record(self, record: TrialRecord, done: dict[str, TrialRecord]) -> None:

@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import statistics
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -52,7 +50,7 @@ from dhen_cvr.days import day_name, select_days
 from dhen_cvr.errors import DhenCvrError, describe_validation_error
 from dhen_cvr.eval.evaluate import EvalReport
 from dhen_cvr.pipeline import train_and_evaluate
-from dhen_cvr.runtime import read_run_folder
+from dhen_cvr.runtime import read_run_folder, run_in_processes
 from dhen_cvr.study.plot import plot_lift
 from dhen_cvr.study.report import lift_markdown, lift_rows, load_reports
 
@@ -162,15 +160,15 @@ def run_study(
     only: list[str] | None = None,
     show_progress: bool = True,
     spec: str | Path | None = None,
-    jobs: int = 1,
+    workers: int = 1,
 ) -> StudyResult:
     """Train + evaluate every (variant, seed) not already done, then summarise.
 
-    ``jobs > 1`` runs that many (variant, seed) runs at once, each in its own process with
-    ``train.threads`` = cores / ``jobs`` unless the overrides set it (results are those of
-    ``jobs=1`` with the same threads: every run is seeded and independent)."""
-    if jobs < 1:
-        raise DhenCvrError(f"--jobs must be at least 1, got {jobs}")
+    ``workers > 1`` runs that many (variant, seed) runs at once, each in its own process
+    with ``train.threads`` = cores / ``workers`` unless the overrides set it (results are
+    those of ``workers=1`` with the same threads: every run is seeded and independent)."""
+    if workers < 1:
+        raise DhenCvrError(f"--workers must be at least 1, got {workers}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = sorted(set(only or []) - set(study.names))
@@ -214,17 +212,17 @@ def run_study(
             eval_days,
             list(extra_overrides or []),
             spec,
-            show_progress and jobs == 1,
+            show_progress and workers == 1,
         )
         for variant in only or study.names
         for seed in study.seeds
     ]
     jobs_to_run = [job for job in planned if not _finished(job)]
-    if jobs == 1 or len(jobs_to_run) <= 1:
+    if workers == 1 or len(jobs_to_run) <= 1:
         for job in jobs_to_run:
             _run_one(job)
     else:
-        _run_parallel(jobs_to_run, jobs)
+        _run_parallel(jobs_to_run, workers)
     return summarize(out, study)
 
 
@@ -328,29 +326,20 @@ def _run_one(job: _RunJob) -> None:
     )
 
 
-def _run_parallel(jobs_to_run: list[_RunJob], jobs: int) -> None:
-    """Run ``jobs_to_run`` in ``jobs`` fresh (spawned) processes; the first failure stops
-    the queue and is raised here once the runs in flight end."""
+def _run_parallel(jobs_to_run: list[_RunJob], workers: int) -> None:
+    """Run ``jobs_to_run`` in ``workers`` processes, ``train.threads`` = cores / workers
+    unless the study or the caller sets it."""
     first = jobs_to_run[0]
     if not any(
         key == "train.threads"
         for key in [*first.study.set, *(o.split("=", 1)[0] for o in first.extra_overrides)]
     ):
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        threads = max(1, (os.cpu_count() or 1) // workers)
         jobs_to_run = [
             replace(j, extra_overrides=[f"train.threads={threads}", *j.extra_overrides])
             for j in jobs_to_run
         ]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = [pool.submit(_run_one, job) for job in jobs_to_run]
-        try:
-            for future in as_completed(futures):
-                future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    run_in_processes(_run_one, jobs_to_run, workers)
 
 
 def summarize(out: str | Path, study: StudyConfig) -> StudyResult:
