@@ -124,6 +124,14 @@ def test_study_lists_a_gbdt_baseline_beside_the_variants(data: Path, tmp_path: P
         assert report.heads == result.heads and len(report.days) == 1
     assert result.summary["gbdt"]["checkout"]["roc_auc"][2] == 2  # both seeds
     assert "| gbdt |" in (tmp_path / "out" / "summary.md").read_text()
+    # a finished baseline is reused as it is, but not under another config
+    assert run_study(study, data, "1-2", "3", tmp_path / "out", only=["gbdt"]).summary == (
+        result.summary
+    )
+    more = {"gbdt": {"gbdt.n_estimators": 40, "gbdt.early_stopping": "none"}}
+    changed = load_study(_study_file(tmp_path, baselines=more))
+    with pytest.raises(DhenCvrError, match=r"another config \(gbdt\.n_estimators: 30 there, 40"):
+        run_study(changed, data, "1-2", "3", tmp_path / "out", only=["gbdt"])
 
 
 def test_parallel_study_matches_the_sequential_one(data: Path, tmp_path: Path) -> None:

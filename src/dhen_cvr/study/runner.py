@@ -44,7 +44,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dhen_cvr.baseline import load_baseline_config, train_baseline
+from dhen_cvr.baseline import BaselineConfig, load_baseline_config, train_baseline
 from dhen_cvr.config import load_experiment_config
 from dhen_cvr.days import day_name, select_days
 from dhen_cvr.errors import DhenCvrError, describe_validation_error
@@ -242,10 +242,6 @@ class _RunJob:
     show_progress: bool
 
 
-# Settings that do not change what a run learns: a finished run is reused across them.
-_REUSE_IGNORES = ("threads",)
-
-
 def _finished(job: _RunJob) -> bool:
     """Whether ``job.run`` holds a finished run of this very job (reused as it is). A
     finished run of another config or other days is an error, not silently reused."""
@@ -253,10 +249,14 @@ def _finished(job: _RunJob) -> bool:
         return False
     if job.variant in job.study.baselines:
         stored = json.loads((job.run / "run.json").read_text())
+        try:
+            stored_config = BaselineConfig.model_validate(stored.get("config", {})).to_dict()
+        except ValidationError:
+            stored_config = stored.get("config", {})
         wanted = load_baseline_config(
             None, job.study.baseline_overrides(job.variant, job.seed)
         ).to_dict()
-        stored_config, stored_train = stored.get("config", {}), stored.get("train_days")
+        stored_train = stored.get("train_days")
     else:
         info = read_run_folder(job.run)
         if info is None:
@@ -265,10 +265,8 @@ def _finished(job: _RunJob) -> bool:
             job.study.base, job.study.overrides(job.variant, job.seed, job.extra_overrides)
         ).to_dict()
         stored_config, stored_train = info.config.to_dict(), info.train_days
-        for config in (wanted, stored_config):
-            for key in _REUSE_IGNORES:
-                config.get("train", {}).pop(key, None)
-    difference = _first_difference(stored_config, wanted)
+    # CPU threads change how fast a run learns, not what: reused across them.
+    difference = _first_difference(_without_threads(stored_config), _without_threads(wanted))
     if difference is not None:
         key, was, now = difference
         raise DhenCvrError(
@@ -289,6 +287,14 @@ def _finished(job: _RunJob) -> bool:
                 f"{now_days} in this study); delete it or choose another --out"
             )
     return True
+
+
+def _without_threads(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (an experiment's or a baseline's) without its CPU thread count."""
+    out = {k: v for k, v in config.items() if k != "threads"}
+    if isinstance(out.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if k != "threads"}
+    return out
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any] | None:
