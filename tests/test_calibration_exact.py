@@ -93,3 +93,17 @@ def test_fit_intercepts_finds_a_known_shift(shift: float) -> None:
     labels = (rng.random(base.shape) < 1 / (1 + np.exp(-base))).astype(float)
     b = fit_intercepts(base - shift, labels, np.ones_like(labels))
     assert b[0] == pytest.approx(shift, abs=0.03)
+
+
+def test_fit_intercepts_with_a_scale_solves_the_esmm_equation() -> None:
+    """ESMM: p = s sigmoid(l + b) with s the click probability; Σ w s σ(l + b) = Σ w y."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(-1.0, 1.0, (20_000, 2))
+    scale = 1 / (1 + np.exp(-rng.normal(-2.0, 1.0, (20_000, 2))))
+    labels = (rng.random(logits.shape) < scale * 0.3).astype(float)
+    weights = rng.uniform(0.5, 2.0, logits.shape)
+    b = fit_intercepts(logits, labels, weights, scale=scale)
+    p = scale / (1 + np.exp(-(logits + b)))
+    np.testing.assert_allclose((weights * p).sum(0), (weights * labels).sum(0), rtol=1e-8)
+    # a target the scaled probabilities cannot reach (more positives than Σ w s) is left alone
+    assert fit_intercepts(logits, np.ones_like(labels), weights, scale=scale).tolist() == [0, 0]

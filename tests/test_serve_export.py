@@ -15,10 +15,12 @@ import torch
 from dhen_cvr.data.reader import ParquetBatchStream
 from dhen_cvr.model.cvr_model import ServedCVRModel, flat_inputs
 from dhen_cvr.runtime import load_trained_model
-from dhen_cvr.serve.artefact import ServingModel, load_artefact, served_spec
+from dhen_cvr.serve.artefact import ServingModel, export_artefact, load_artefact, served_spec
 from dhen_cvr.serve.encode import encode_request
 from dhen_cvr.serve.schema import RequestSchema
+from dhen_cvr.train import train
 from serve_world import cli, data_rows, request_from_rows, served_world
+from train_world import make_world, tiny_config
 
 # The shared run + artefact (serve_world.served_world) takes ~1-2 min to build once.
 pytestmark = pytest.mark.slow
@@ -115,6 +117,32 @@ def test_exported_rows_program_equals_eager_on_reader_batches(
             torch.testing.assert_close(exported.rows(*inputs), eager(*inputs), **TOL)
         assert (batch.sequences["conv"].lengths == 0).any() or batch_size == 1
     assert len({tuple(s.values()) for s in sizes}) > 1  # different sequence lengths
+
+
+def test_an_esmm_run_serves_pctr_times_pcvr(tmp_path: Path) -> None:
+    """ESMM: the artefact serves r sigmoid(click) sigmoid(cvr_h) / (1 - (1 - r) a_s),
+    recomputed here in float64 from the trained model's raw head logits."""
+    world = make_world(tmp_path / "world")
+    run = tmp_path / "run"
+    config = tiny_config("loss.formulation=esmm", "loss.ssl.objective=none")
+    train(config, world, "1", run, show_progress=False)
+    exported = load_artefact(export_artefact(run, tmp_path / "art"))
+    assert json.loads((tmp_path / "art" / "metadata.json").read_text())["formulation"] == "esmm"
+    trained = load_trained_model(run)
+    model, heads = trained.model.eval(), list(trained.model.head_names)
+    spec = served_spec(model)
+    day = sorted(world.glob("dt=*"))[1]
+    batch = next(iter(ParquetBatchStream([day], spec, batch_size=64, shuffle=False)))
+    with torch.no_grad():
+        out = model.encode(batch.dense, batch.pretrained, batch.categorical, batch.sequences)
+        served = exported.rows(*flat_inputs(spec, batch)).double()
+    p = torch.sigmoid(out.logits.double())
+    assert out.keep_logit is not None
+    a_s = torch.sigmoid(out.keep_logit.double())[:, None]
+    r = spec.sampling.negative_rate
+    cvr = [heads.index(h) for h in model.served_head_names]
+    expected = r * p[:, cvr] * p[:, [heads.index("click")]] / (1 - (1 - r) * a_s)
+    torch.testing.assert_close(served, expected, **TOL)
 
 
 def test_export_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from dhen_cvr.model.config import ModelConfig
 from dhen_cvr.model.dhen import DHEN, CrossingContext
 from dhen_cvr.model.heads import MultiTaskHeads
 from dhen_cvr.model.output import ModelOutput, SequenceEncoding
+from dhen_cvr.model.probabilities import esmm_click_index, esmm_probabilities
 from dhen_cvr.model.sequence import SequenceEncoders
 from dhen_cvr.model.tokens import EmbeddingTables, FeatureTokenizer
 
@@ -194,7 +195,8 @@ class ServedCVRModel(nn.Module):
     calibrated full-population probabilities ``p_h = r p_s,h / (1 - (1 - r) a_s)``, which
     undoes the training data's down-sampling (rows kept when any keep label is 1, else at
     rate ``r = spec.sampling.negative_rate``; paper 5.1, DESIGN 10; ``a_s`` is the model's
-    any-keep-label head).
+    any-keep-label head). ``esmm_click_head``: for a model trained in the ESMM formulation,
+    ``p_s,h = sigmoid(click) * sigmoid(logit_h)``.
     Inputs, ``B`` rows:
 
     - ``dense``: float ``B x n`` raw values, the columns of ``Batch.dense`` (spec order);
@@ -214,12 +216,20 @@ class ServedCVRModel(nn.Module):
     """
 
     def __init__(
-        self, model: CVRModel, *, probabilities: bool = False, one_user: bool = False
+        self,
+        model: CVRModel,
+        *,
+        probabilities: bool = False,
+        one_user: bool = False,
+        esmm_click_head: str | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         spec = model.spec
         self.probabilities = probabilities
+        self.esmm_click_head = esmm_click_head
+        if esmm_click_head is not None:
+            esmm_click_index(model.head_names, esmm_click_head)  # ValueError if absent
         self.one_user = one_user
         self.negative_rate = float(spec.sampling.negative_rate)
         self.pretrained = [(f.name, f.dim) for f in spec.pretrained]
@@ -260,11 +270,14 @@ class ServedCVRModel(nn.Module):
             out = self.model.score_candidates(dense, pre, cat, seqs)
         else:
             out = self.model.encode(dense, pre, cat, seqs, ssl=False)
-        served = out.logits.index_select(1, self.served)
         if not self.probabilities:
-            return served
+            return out.logits.index_select(1, self.served)
         r = self.negative_rate
-        p = torch.sigmoid(served)
+        if self.esmm_click_head is None:
+            p = torch.sigmoid(out.logits)
+        else:
+            p = esmm_probabilities(out.logits, self.model.head_names, self.esmm_click_head)
+        p = p.index_select(1, self.served)
         any_keep = p if out.keep_logit is None else torch.sigmoid(out.keep_logit)[:, None]
         return r * p / (1 - (1 - r) * any_keep)
 

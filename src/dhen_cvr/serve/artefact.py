@@ -121,8 +121,26 @@ def _dynamic_shapes(spec: FeatureSpec, one_user: bool) -> list[Any]:
     return [{0: n}, {0: n}, {0: n}, tuple(per_sequence)]
 
 
-def _export(model: CVRModel, spec: FeatureSpec, one_user: bool) -> torch.export.ExportedProgram:
-    served = ServedCVRModel(model, probabilities=True, one_user=one_user).eval()
+def _esmm_click_head(trained: TrainedModel) -> str | None:
+    """The click head a run's CVR heads are multiplied by (ESMM formulation), else None."""
+    loss = trained.config.loss
+    return loss.esmm_click_head if loss.formulation == "esmm" else None
+
+
+def _served(trained: TrainedModel, one_user: bool) -> ServedCVRModel:
+    """The served probabilities of ``trained``, in the formulation it was trained in."""
+    return ServedCVRModel(
+        trained.model,
+        probabilities=True,
+        one_user=one_user,
+        esmm_click_head=_esmm_click_head(trained),
+    ).eval()
+
+
+def _export(
+    trained: TrainedModel, spec: FeatureSpec, one_user: bool
+) -> torch.export.ExportedProgram:
+    served = _served(trained, one_user)
     inputs = _example_inputs(spec, one_user)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -155,8 +173,10 @@ def _metadata(trained: TrainedModel, spec: FeatureSpec, files: dict[str, str]) -
         },
         "heads": model.served_head_names,
         "trained_heads": model.head_names,
+        "formulation": trained.config.loss.formulation,
         "output": "calibrated full-population probability per served head: "
-        "r p_s / (1 - (1 - r) a_s), a_s the any-keep-label head (DESIGN 10)",
+        "r p_s / (1 - (1 - r) a_s), a_s the any-keep-label head (DESIGN 10); "
+        "p_s = sigmoid(click) * sigmoid(cvr) in the esmm formulation",
         "negative_rate": spec.sampling.negative_rate,
         "keep_labels": trained.spec.keep_label_names,
         "sequence_max_lens": model.sequence_max_lens,
@@ -178,17 +198,12 @@ def export_artefact(run: str | Path, out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DhenCvrError(f"artefact folder {out} exists and is not empty; choose another --out")
     trained = load_trained_model(run, "cpu")
-    if trained.config.loss.formulation != "independent":
-        raise DhenCvrError(
-            f"run {run} was trained with loss.formulation={trained.config.loss.formulation!r}; "
-            "serving exports the independent formulation only"
-        )
     spec = served_spec(trained.model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
         for name, one_user in zip(_PROGRAMS, (True, False), strict=True):
-            torch.export.save(_export(trained.model, spec, one_user), tmp / name)
+            torch.export.save(_export(trained, spec, one_user), tmp / name)
         spec.save(tmp / "spec.yaml")
         files = {name: _sha256(tmp / name) for name in (*_PROGRAMS, "spec.yaml")}
         metadata = _metadata(trained, spec, files)
@@ -277,6 +292,6 @@ def load_serving_model(run: str | Path) -> ServingModel:
             "heads": model.served_head_names,
             "sequence_max_lens": model.sequence_max_lens,
         },
-        request=_no_grad(ServedCVRModel(model, probabilities=True, one_user=True).eval()),
-        rows=_no_grad(ServedCVRModel(model, probabilities=True).eval()),
+        request=_no_grad(_served(trained, one_user=True)),
+        rows=_no_grad(_served(trained, one_user=False)),
     )

@@ -12,6 +12,10 @@ included), the offset ``b_h`` that solves
 likelihood intercept given everything else, by Newton's method (the left side is
 increasing in ``b_h``). It moves no ranking (ROC-AUC and PR-AUC are unchanged) and is
 stored in :attr:`MultiTaskHeads.offset`, so checkpoints and exports carry it.
+
+In the ESMM formulation a CVR head's probability is ``sigmoid(l_click) sigmoid(l_h)``, so
+its offset solves ``Σ_i w_i m_ih s_i sigmoid(l_ih + b_h) = Σ_i w_i m_ih y_ih`` with
+``s_i = sigmoid(l_i,click + b_click)``, the click head's recalibrated probability.
 """
 
 from __future__ import annotations
@@ -24,26 +28,34 @@ import torch
 from dhen_cvr.data.reader import ParquetBatchStream, make_loader
 from dhen_cvr.data.spec import FeatureSpec
 from dhen_cvr.model.cvr_model import CVRModel
+from dhen_cvr.model.probabilities import esmm_click_index
 from dhen_cvr.runtime.distributed import DistContext, all_gather_objects
 
 __all__ = ["fit_intercepts", "recalibrate_heads"]
 
 
 def fit_intercepts(
-    logits: np.ndarray, labels: np.ndarray, weights: np.ndarray, iterations: int = 50
+    logits: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    iterations: int = 50,
+    *,
+    scale: np.ndarray | None = None,
 ) -> np.ndarray:
     """``N x H`` logits, labels and weights (0 where a label is undefined) -> ``H`` offsets
-    ``b`` with ``Σ w sigmoid(l + b) = Σ w y`` per column (0 for a column without both a
-    positive and a negative weight)."""
+    ``b`` with ``Σ w s sigmoid(l + b) = Σ w y`` per column, ``s`` = ``scale`` (``N x H`` in
+    ``[0, 1]``, the ESMM click probability; default 1). 0 for a column whose target is not
+    strictly between 0 and ``Σ w s``."""
     l64, y, w = (np.asarray(a, dtype=np.float64) for a in (logits, labels, weights))
+    ws = w if scale is None else w * np.asarray(scale, dtype=np.float64)
     target = (w * y).sum(0)
-    total = w.sum(0)
+    total = ws.sum(0)
     b = np.zeros(l64.shape[1])
     solvable = (target > 0) & (target < total)
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-(l64 + b)))
-        f = (w * p).sum(0) - target
-        slope = (w * p * (1 - p)).sum(0)
+        f = (ws * p).sum(0) - target
+        slope = (ws * p * (1 - p)).sum(0)
         step = np.where(solvable & (slope > 0), f / np.maximum(slope, 1e-300), 0.0)
         b -= np.clip(step, -2.0, 2.0)
         if np.all(np.abs(f) <= 1e-9 * np.maximum(target, 1e-12)):
@@ -58,10 +70,13 @@ def recalibrate_heads(
     days: list[Path],
     ctx: DistContext,
     batch_size: int,
+    *,
+    esmm_click_head: str | None = None,
 ) -> np.ndarray:
     """Score ``days`` in eval mode and add the fitted offsets to the model's heads.
 
-    Collective under ``torchrun`` (each rank scores its shard; the sums are exact over
+    ``esmm_click_head``: the click head of a run trained in the ESMM formulation (its other
+    heads are then fitted as ``pCTR * pCVR``); None for independent heads. Collective under ``torchrun`` (each rank scores its shard; the sums are exact over
     all rows). Returns the offsets added, one per head (plus the keep head, last)."""
     was_training = model.training
     model.eval()
@@ -94,5 +109,11 @@ def recalibrate_heads(
         return np.zeros(0)
     logits_np, labels_np, weight_np = (np.concatenate(c) for c in zip(*gathered, strict=True))
     offsets = fit_intercepts(logits_np, labels_np, weight_np)
+    if esmm_click_head is not None:
+        click = esmm_click_index(model.head_names, esmm_click_head)
+        scale = np.ones_like(logits_np)
+        cvr = [j for j in range(len(model.head_names)) if j != click]  # not the keep head
+        scale[:, cvr] = 1.0 / (1.0 + np.exp(-(logits_np[:, [click]] + offsets[click])))
+        offsets = fit_intercepts(logits_np, labels_np, weight_np, scale=scale)
     model.heads.shift_offsets(torch.as_tensor(offsets))
     return offsets
