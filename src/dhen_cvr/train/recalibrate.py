@@ -10,12 +10,13 @@ included), the offset ``b_h`` that solves
 
 (``l`` the head's logits, ``m`` its label mask, ``w`` sample weights): the maximum-
 likelihood intercept given everything else, by Newton's method (the left side is
-increasing in ``b_h``). It moves no ranking (ROC-AUC and PR-AUC are unchanged) and is
-stored in :attr:`MultiTaskHeads.offset`, so checkpoints and exports carry it.
+increasing in ``b_h``). With independent heads it moves no ranking (ROC-AUC and PR-AUC
+are unchanged); it is stored in :attr:`MultiTaskHeads.offset`, so checkpoints and exports carry it.
 
 In the ESMM formulation a CVR head's probability is ``sigmoid(l_click) sigmoid(l_h)``, so
 its offset solves ``Σ_i w_i m_ih s_i sigmoid(l_ih + b_h) = Σ_i w_i m_ih y_ih`` with
-``s_i = sigmoid(l_i,click + b_click)``, the click head's recalibrated probability.
+``s_i = sigmoid(l_i,click + b_click)``, the click head's recalibrated probability. Shifting a
+CVR tower's intercept does reorder the product ``pCTR * pCVR`` slightly.
 """
 
 from __future__ import annotations
