@@ -113,30 +113,46 @@ def test_training_variants(data: Path, tmp_path: Path, settings: tuple[str, ...]
     assert all(0 <= m["roc_auc"] <= 1 for m in result.eval.mean.values())
 
 
-@pytest.mark.parametrize("formulation", ["independent", "esmm"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        (),
+        ("loss.formulation=esmm",),
+        ("train.ema_decay=0.9",),
+        ("loss.ssl.objective=mlm", "model.sequence.causal=false", "loss.ssl.num_positives=3"),
+    ],
+    ids=["independent", "esmm", "ema", "mlm"],
+)
 def test_recalibrated_heads_match_their_training_labels(
-    data: Path, tmp_path: Path, formulation: str
+    data: Path, tmp_path: Path, settings: tuple[str, ...]
 ) -> None:
-    """After the intercept refit, sum p = sum y per head on the training day, p in the
-    run's formulation (ESMM: pCTR * pCVR; a refit of the CVR logit alone put it ~10x low)."""
+    """After the intercept refit, sum p = sum y per head and for the any-keep head on the
+    training day, p in the run's formulation (ESMM: pCTR * pCVR; a refit of the CVR logit
+    alone put it ~10x low), whichever weights the run saves (EMA: the average) and
+    whichever pass trained the heads (MLM: masked)."""
     run = tmp_path / "run"
-    config = tiny_config(f"loss.formulation={formulation}", "loss.ssl.objective=none")
+    config = tiny_config(*settings)
     train(config, data, "1", run, show_progress=False)
     trained = load_trained_model(run)
     model, heads = trained.model.eval(), list(trained.model.head_names)
-    p_sum, y_sum = np.zeros(len(heads)), np.zeros(len(heads))
+    esmm = config.loss.formulation == "esmm"
+    p_sum, y_sum = np.zeros(len(heads) + 1), np.zeros(len(heads) + 1)
     stream = ParquetBatchStream(select_days(data, "1"), trained.spec, batch_size=256, shuffle=False)
     with torch.no_grad():
         for batch in make_loader(stream):
             out = model.encode(
                 batch.dense, batch.pretrained, batch.categorical, batch.sequences, ssl=False
             )
-            p = torch.sigmoid(out.logits.double())
-            if formulation == "esmm":
-                p = esmm_probabilities(out.logits.double(), heads, "click")
-            w = (batch.label_mask * batch.weight[:, None]).double()
+            logits = out.logits.double()
+            p = esmm_probabilities(logits, heads, "click") if esmm else torch.sigmoid(logits)
+            keep = model.keep_target(batch.labels, batch.label_mask)
+            assert out.keep_logit is not None and keep is not None
+            p = torch.cat([p, torch.sigmoid(out.keep_logit.double())[:, None]], 1)
+            y = torch.cat([batch.labels, keep[:, None]], 1).double()
+            w = torch.cat([batch.label_mask, torch.ones_like(keep[:, None])], 1)
+            w = (w * batch.weight[:, None]).double()
             p_sum += (w * p).sum(0).numpy()
-            y_sum += (w * batch.labels.double()).sum(0).numpy()
+            y_sum += (w * y).sum(0).numpy()
     np.testing.assert_allclose(p_sum, y_sum, rtol=1e-4)
 
 

@@ -85,3 +85,9 @@ class LossConfig(BaseModel):
         if bad:
             raise ValueError(f"head weights must be finite and >= 0, got {bad}")
         return v
+
+    @property
+    def esmm_scale_head(self) -> str | None:
+        """The click head every CVR head's probability is multiplied by (``esmm``: served
+        ``p_h = sigmoid(click) * sigmoid(l_h)``), or None for independent heads."""
+        return self.esmm_click_head if self.formulation == "esmm" else None

@@ -207,8 +207,9 @@ class ScoreAccumulator:
 
 def _probabilities(logits: torch.Tensor, heads: list[str], loss: LossConfig | None) -> torch.Tensor:
     """``B x H`` probabilities on the sampled scale, in the trained formulation."""
-    if loss is not None and loss.formulation == "esmm":
-        return esmm_probabilities(logits.float(), heads, loss.esmm_click_head)
+    click = loss.esmm_scale_head if loss is not None else None
+    if click is not None:
+        return esmm_probabilities(logits.float(), heads, click)
     return torch.sigmoid(logits.float())
 
 

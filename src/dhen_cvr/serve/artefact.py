@@ -121,19 +121,13 @@ def _dynamic_shapes(spec: FeatureSpec, one_user: bool) -> list[Any]:
     return [{0: n}, {0: n}, {0: n}, tuple(per_sequence)]
 
 
-def _esmm_click_head(trained: TrainedModel) -> str | None:
-    """The click head a run's CVR heads are multiplied by (ESMM formulation), else None."""
-    loss = trained.config.loss
-    return loss.esmm_click_head if loss.formulation == "esmm" else None
-
-
 def _served(trained: TrainedModel, one_user: bool) -> ServedCVRModel:
     """The served probabilities of ``trained``, in the formulation it was trained in."""
     return ServedCVRModel(
         trained.model,
         probabilities=True,
         one_user=one_user,
-        esmm_click_head=_esmm_click_head(trained),
+        esmm_click_head=trained.config.loss.esmm_scale_head,
     ).eval()
 
 

@@ -135,14 +135,13 @@ def run_training(
         plan.days, show_progress=show_progress, on_batch=on_batch, extra_columns=extra_columns
     )
     if config.train.recalibrate:
-        loss = config.loss
         recalibrate_heads(
             trainer.model,
             spec,
             plan.days,
             ctx,
             config.train.eval_batch_size,
-            esmm_click_head=loss.esmm_click_head if loss.formulation == "esmm" else None,
+            esmm_click_head=config.loss.esmm_scale_head,
         )
         checkpoint = trainer.save()  # the same step again, now with the offsets
         assert checkpoint is not None
