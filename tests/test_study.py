@@ -9,10 +9,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from dhen_cvr.cli import app
+from dhen_cvr.cli import app, main
 from dhen_cvr.errors import DhenCvrError
 from dhen_cvr.eval.evaluate import EvalReport
 from dhen_cvr.study import load_study, run_study
+from dhen_cvr.study.runner import parse_seeds
 from train_world import FAST, make_world
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -102,13 +103,32 @@ def test_shipped_study_configs_load() -> None:
         load_experiment_config(study.base, study.overrides(variant, 0))
 
 
-def test_cli_study(data: Path, tmp_path: Path) -> None:
+def test_cli_study(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _study_file(tmp_path, seeds=[0], variants={"dhen": {"loss.ssl.objective": "none"}})
     args = ["study", "--study", str(path), "--data", str(data), "--train-days", "1"]
     args += ["--eval-days", "2", "--out", str(tmp_path / "cli"), "--quiet"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "ROC-AUC" in result.output and "| dhen |" in result.output
+    # --seeds replaces the study's seeds; the finished seed-0 run is reused, not retrained
+    first = (tmp_path / "cli" / "dhen" / "seed0" / "eval.json").stat().st_mtime_ns
+    result = CliRunner().invoke(app, [*args, "--seeds", "0-1"])
+    assert result.exit_code == 0, result.output
+    assert "(2) |" in result.output and (tmp_path / "cli" / "dhen" / "seed1" / "eval.json").exists()
+    assert (tmp_path / "cli" / "dhen" / "seed0" / "eval.json").stat().st_mtime_ns == first
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--seeds", "3-1"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.count("\n") == 0 and "--seeds: expected" in err
+    assert not (tmp_path / "cli" / "dhen" / "seed3").exists()
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("0, 3,7-8,3") == [0, 3, 7, 8]
+    for bad in ("", "a", "-1", "2-", "1-2-3"):
+        with pytest.raises(DhenCvrError, match="--seeds"):
+            parse_seeds(bad)
 
 
 def test_study_lists_a_gbdt_baseline_beside_the_variants(data: Path, tmp_path: Path) -> None:

@@ -24,6 +24,9 @@ def register(app: typer.Typer) -> None:
         spec: Path | None = typer.Option(None, "--spec", help=SPEC_HELP),
         overrides: list[str] = typer.Option([], "--set", help="override for every run"),
         only: list[str] = typer.Option([], "--only", help="run only these variants"),
+        seeds: str | None = typer.Option(
+            None, "--seeds", help="these seeds instead of the study's, e.g. '0-4' or '0,3'"
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
         workers: int = typer.Option(
             1, "--workers", help="runs trained at once, one process each (threads split)"
@@ -34,10 +37,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train + evaluate each variant x seed of a study; print mean ± std vs the oracle
         (and, with `baseline:` in the study, the lift table and plot)."""
-        from dhen_cvr.study.runner import copy_report, load_study, run_study
+        from dhen_cvr.study.runner import copy_report, load_study, parse_seeds, run_study
 
+        config = load_study(study)
+        if seeds is not None:
+            config = config.model_copy(update={"seeds": parse_seeds(seeds)})
         result = run_study(
-            load_study(study),
+            config,
             data,
             train_days,
             eval_days,

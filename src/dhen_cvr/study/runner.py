@@ -54,7 +54,15 @@ from dhen_cvr.runtime import read_run_folder, run_in_processes
 from dhen_cvr.study.plot import plot_lift
 from dhen_cvr.study.report import lift_markdown, lift_rows, load_reports
 
-__all__ = ["StudyConfig", "StudyResult", "copy_report", "load_study", "run_study", "summarize"]
+__all__ = [
+    "StudyConfig",
+    "StudyResult",
+    "copy_report",
+    "load_study",
+    "parse_seeds",
+    "run_study",
+    "summarize",
+]
 
 REPORT_FILES = ("report.md", "lift.png", "summary.md", "summary.json", "study.json")
 
@@ -117,6 +125,25 @@ class StudyConfig(BaseModel):
         items = {**self.set, **self.variants[variant]}
         texts = [f"{key}={json.dumps(value)}" for key, value in items.items()]
         return [*texts, f"train.seed={seed}", *(extra or [])]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``'0-4'`` -> ``[0, 1, 2, 3, 4]``; ``'0,3,7-8'`` -> ``[0, 3, 7, 8]`` (in order, no
+    repeats). Raises :class:`DhenCvrError` on anything else."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, sep, last = part.strip().partition("-")
+        try:
+            lo, hi = int(first), int(last if sep else first)
+        except ValueError:
+            lo, hi = -1, -2
+        if lo < 0 or hi < lo:
+            raise DhenCvrError(
+                f"--seeds: expected non-negative integers or ranges such as '0-4' or '0,3,7-8',"
+                f" got {text!r}"
+            )
+        seeds += [s for s in range(lo, hi + 1) if s not in seeds]
+    return seeds
 
 
 def load_study(path: str | Path) -> StudyConfig:
