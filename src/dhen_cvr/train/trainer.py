@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from dhen_cvr.config import ExperimentConfig
@@ -71,6 +71,7 @@ from dhen_cvr.train.losses import (
 )
 from dhen_cvr.train.metric_log import MetricLog
 from dhen_cvr.train.optim import build_optimizer, learning_rate
+from dhen_cvr.train.weight_average import weight_average
 
 __all__ = [
     "BatchHook",
@@ -247,11 +248,11 @@ class Trainer:
         if tc.compile:
             self.ddp.compile()  # in place: state dicts keep their keys
         self.optimizer = build_optimizer(self.model, tc)
-        # train.ema_decay: a moving average of the weights, saved at the end instead of the
-        # last iterate (buffers are not averaged: the model's own are kept).
+        # train.ema_decay: a bias-corrected moving average of the weights (weight_average.py),
+        # saved at the end instead of the last iterate (buffers: the model's own are kept).
         self.ema: AveragedModel | None = None
         if tc.ema_decay:
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
+            self.ema = weight_average(self.model, tc.ema_decay)
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         # SSL negatives / MLM masks differ per rank but are reproducible from the seed.
         self.generator = torch.Generator(ctx.device).manual_seed(tc.seed * 7919 + ctx.rank + 1)
