@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from benchmarks import (
     bench_cpu_memory,
+    bench_export,
     bench_model,
     bench_reader,
     bench_request,
@@ -22,6 +23,7 @@ STEPS = [
     ("CPU memory reuse", bench_cpu_memory.main, []),
     ("training", bench_train.main, []),
     ("request scoring", bench_request.main, []),
+    ("export", bench_export.main, []),
 ]
 
 
