@@ -24,8 +24,7 @@ import torch
 
 from benchmarks.bench_model import build_model, synthetic_spec
 from dhen_cvr.model.cvr_model import ServedCVRModel
-from dhen_cvr.serve import artefact
-from dhen_cvr.serve.artefact import export_program
+from dhen_cvr.serve import artefact, export_program
 
 
 def _torch_default_export(served: ServedCVRModel, spec: object) -> torch.export.ExportedProgram:
