@@ -15,7 +15,13 @@ import torch
 from dhen_cvr.data.reader import ParquetBatchStream
 from dhen_cvr.model.cvr_model import ServedCVRModel, flat_inputs
 from dhen_cvr.runtime import load_trained_model
-from dhen_cvr.serve.artefact import ServingModel, export_artefact, load_artefact, served_spec
+from dhen_cvr.serve.artefact import (
+    ServingModel,
+    export_artefact,
+    export_program,
+    load_artefact,
+    served_spec,
+)
 from dhen_cvr.serve.encode import encode_request
 from dhen_cvr.serve.schema import RequestSchema
 from dhen_cvr.train import train
@@ -117,6 +123,23 @@ def test_exported_rows_program_equals_eager_on_reader_batches(
             torch.testing.assert_close(exported.rows(*inputs), eager(*inputs), **TOL)
         assert (batch.sequences["conv"].lengths == 0).any() or batch_size == 1
     assert len({tuple(s.values()) for s in sizes}) > 1  # different sequence lengths
+
+
+def test_export_program_in_process_equals_eager_and_leaves_torch_settings_alone(
+    eager: ServedCVRModel,
+) -> None:
+    """The Python API traces with the fake-tensor dispatch cache off (faster) and puts the
+    setting back; the program still takes any number of rows and sequence lengths."""
+    cache = torch._dynamo.config.fake_tensor_cache_enabled
+    spec = served_spec(eager.model)
+    program = export_program(eager, spec).module()
+    assert torch._dynamo.config.fake_tensor_cache_enabled == cache
+    day = sorted(served_world().world.glob("dt=*"))[2]
+    for batch_size in (3, 50):
+        batch = next(iter(ParquetBatchStream([day], spec, batch_size=batch_size, shuffle=False)))
+        inputs = flat_inputs(spec, batch)
+        with torch.no_grad():
+            torch.testing.assert_close(program(*inputs), eager(*inputs), **TOL)
 
 
 def test_an_esmm_run_serves_pctr_times_pcvr(tmp_path: Path) -> None:
