@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
+from dhen_cvr.data.spec import SpecError
 from dhen_cvr.data.stats import MinMaxStats
 from dhen_cvr.model.config import ConfigError, ModelConfig, load_model_config
 from dhen_cvr.model.cvr_model import CVRModel
@@ -53,6 +55,35 @@ def test_output_shapes_and_names() -> None:
         2, 3, 4, model.config.ssl_dim,
     )  # fmt: skip
     assert model.sequence_max_lens == dict.fromkeys(SEQUENCE_NAMES, 12)
+
+
+def test_ssl_targets_choose_the_field_each_sequence_predicts() -> None:
+    """``sequence.ssl_targets`` overrides the spec's target field per sequence: the SSL
+    targets, their table and their embedding follow it; other sequences keep theirs."""
+    targets = {"org": "org_action", "ads": "ads_advertiser"}
+    torch.manual_seed(0)
+    model = CVRModel(tiny_spec(), tiny_config(sequence={"ssl_targets": targets}))
+    batch = random_batch(tiny_spec(), batch_size=4, seq_len=7)
+    out = model(batch)
+    for name, field in targets.items():
+        assert out.sequences[name].target_ids.equal(batch.sequences[name].ids[field])
+    assert out.sequences["search"].target_ids.equal(batch.sequences["search"].ids["search_query"])
+    assert model.num_target_ids("org") == 3 + 2  # the action vocabulary + pad + OOV
+    assert model.num_target_ids("ads") == 20 + 2  # the advertiser table, not the item one
+    assert model.embed_targets("org", torch.ones(2, 5, dtype=torch.long)).shape == (2, 5, 8)
+    assert model.data_spec.sequences[1].target.name == "org_item"  # the batches' spec as given
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        ({"orgs": "org_action"}, "ssl_targets names unknown sequences ['orgs']; known: "),
+        ({"org": "ads_item"}, "'ads_item' is not a field of sequence 'org'; its fields: "),
+    ],
+)
+def test_ssl_targets_name_what_is_wrong(targets: dict[str, str], message: str) -> None:
+    with pytest.raises(SpecError, match=re.escape(message)):
+        CVRModel(tiny_spec(), tiny_config(sequence={"ssl_targets": targets}))
 
 
 @pytest.mark.parametrize("mode", ["causal", "mlm"])

@@ -69,6 +69,7 @@ index 0 reserved for padding, one out-of-vocabulary bucket at the end) lives in
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -479,6 +480,30 @@ class FeatureSpec(_Strict):
             raise SpecError(f"unknown feature category {unknown}; known: {sorted(known)}")
         keep = [f for f in self.features if f.category.value not in set(categories)]
         return self.model_copy(update={"features": keep})
+
+    def with_ssl_targets(self, targets: Mapping[str, str]) -> FeatureSpec:
+        """A copy whose named sequences predict the given field in the self-supervised
+        loss (``{sequence: field}``, e.g. ``{org: org_topic}``), the others unchanged."""
+        sequences = {s.name: s for s in self.sequences}
+        unknown = sorted(set(targets) - set(sequences))
+        if unknown:
+            raise SpecError(
+                f"ssl_targets names unknown sequences {unknown}; known: {sorted(sequences)}"
+            )
+        for name, field in targets.items():
+            fields = [f.name for f in sequences[name].fields]
+            if field not in fields:
+                raise SpecError(
+                    f"ssl_targets: {field!r} is not a field of sequence {name!r}; "
+                    f"its fields: {fields}"
+                )
+        features = [
+            f.model_copy(update={"target_field": targets[f.name]})
+            if isinstance(f, SequenceFeature) and f.name in targets
+            else f
+            for f in self.features
+        ]
+        return self.model_copy(update={"features": features})
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_none=True)

@@ -47,7 +47,9 @@ class CVRModel(nn.Module):
         super().__init__()
         self.config = config
         self.data_spec = spec
-        self.spec = spec.without_categories(config.drop_categories)
+        self.spec = spec.with_ssl_targets(config.sequence.ssl_targets).without_categories(
+            config.drop_categories
+        )
         self.tables = EmbeddingTables(self.spec, config.embedding_dim)
         self.features = FeatureTokenizer(
             self.spec,

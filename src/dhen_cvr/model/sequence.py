@@ -83,6 +83,9 @@ class SequenceConfig(BaseModel):
     match_split_max_rows: int = Field(default=8, ge=0)
     # bins of the piecewise-linear encoding of the match features (0: linear, as before)
     match_bins: int = Field(default=0, ge=0)
+    # per sequence, the field the self-supervised loss predicts ({org: org_topic}); default:
+    # the spec's target_field, else the sequence's first field (data/spec.py)
+    ssl_targets: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> SequenceConfig:
