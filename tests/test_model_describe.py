@@ -79,10 +79,15 @@ def test_format_and_cli(tmp_path: Path) -> None:
 
 def test_cli_preset_name_overrides_and_default_spec() -> None:
     """``--config tiny`` is the preset; no ``--spec``: the synthetic world's spec."""
-    result = CliRunner().invoke(app, ["describe", "--config", "tiny", "--set", "model.dim=24"])
+    sets = ["--set", "model.dim=24", "--set", "model.sequence.ssl_targets={org: org_topic}"]
+    result = CliRunner().invoke(app, ["describe", "--config", "tiny", *sets])
     assert result.exit_code == 0, result.output
     assert "spec: synthetic world" in result.output and "categorical:ad_id" in result.output
     assert "x D = 24" in result.output
+    assert "self-supervised targets (model.sequence.ssl_targets): search=search_query," in (
+        result.output
+    )
+    assert "org=org_topic, ads=ads_item," in result.output  # the override, then the spec's
 
 
 def test_describe_does_not_allocate_weights() -> None:

@@ -70,6 +70,7 @@ class ModelDescription:
     dense_params: dict[str, int]  # part label -> weights outside embedding tables
     flops: dict[str, int]  # part label -> forward FLOPs per example
     sequence_lengths: dict[str, int]
+    ssl_targets: dict[str, str]  # sequence -> the field its self-supervised loss predicts
     head_names: list[str]
     served_head_names: list[str]
     dropped_categories: list[str] = field(default_factory=list)
@@ -175,6 +176,7 @@ def describe_model(config: ModelConfig, spec: FeatureSpec) -> ModelDescription:
         dense_params={label: _count(getattr(model, attr)) for attr, label in _PARTS.items()},
         flops={label: flops.get(f"{root}.{attr}", 0) for attr, label in _PARTS.items()},
         sequence_lengths=model.sequence_max_lens,
+        ssl_targets={s.name: s.target.name for s in model.spec.sequences},
         head_names=model.head_names,
         served_head_names=model.served_head_names,
         dropped_categories=list(config.drop_categories),
@@ -205,6 +207,8 @@ def format_description(desc: ModelDescription) -> str:
     if desc.sequence_lengths:
         lens = ", ".join(f"{k}={v}" for k, v in desc.sequence_lengths.items())
         out.append(f"sequence lengths kept: {lens}")
+        targets = ", ".join(f"{k}={v}" for k, v in desc.ssl_targets.items())
+        out.append(f"self-supervised targets (model.sequence.ssl_targets): {targets}")
     out.append("")
     out.append("DHEN backbone: Y = Norm(Ensemble(m_1(X), ..., m_k(X)) + X) per layer")
     for i, layer in enumerate(desc.layers, start=1):
