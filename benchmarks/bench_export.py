@@ -23,13 +23,18 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.bench_model import build_model, synthetic_spec
+from dhen_cvr.data.spec import FeatureSpec
 from dhen_cvr.model.cvr_model import ServedCVRModel
 from dhen_cvr.serve import artefact, export_program
 
 
-def _torch_default_export(served: ServedCVRModel, spec: object) -> torch.export.ExportedProgram:
-    inputs = artefact._example_inputs(spec, served.one_user)  # type: ignore[arg-type]
-    shapes = artefact._dynamic_shapes(spec, served.one_user)  # type: ignore[arg-type]
+def _torch_default_export(
+    served: ServedCVRModel, spec: FeatureSpec
+) -> torch.export.ExportedProgram:
+    """What ``export_program`` does, with torch's default settings (the same inputs and
+    dynamic shapes, from the artefact module's own helpers)."""
+    inputs = artefact._example_inputs(spec, served.one_user)
+    shapes = artefact._dynamic_shapes(spec, served.one_user)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         return torch.export.export(served, inputs, dynamic_shapes=shapes, strict=False)

@@ -136,8 +136,8 @@ def _symbolic_tracing() -> Any:
     """Settings for tracing the programs: no fake-tensor dispatch cache.
 
     With dynamic row and sequence dimensions, building and reading that cache's entries
-    costs more than it saves: tracing both programs of ``tiny`` on the quickstart spec takes
-    1.6x less time without it, and the graphs are the same
+    costs more than it saves: tracing both programs of ``tiny`` on the quickstart spec is
+    1.6-1.9x faster without it, and the graphs are the same
     (``python -m benchmarks.bench_export``)."""
     return torch._dynamo.config.patch(fake_tensor_cache_enabled=False)
 
