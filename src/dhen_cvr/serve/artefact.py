@@ -21,6 +21,7 @@ sequence's length (1 .. its cut; an empty sequence is one padding item with leng
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -138,8 +139,11 @@ def _symbolic_tracing() -> Any:
     With dynamic row and sequence dimensions, building and reading that cache's entries
     costs more than it saves: tracing both programs of ``tiny`` on the quickstart spec is
     1.6-1.9x faster without it, and the graphs are the same
-    (``python -m benchmarks.bench_export``)."""
-    return torch._dynamo.config.patch(fake_tensor_cache_enabled=False)
+    (``python -m benchmarks.bench_export``). A torch without the setting traces as is."""
+    config = torch._dynamo.config
+    if not hasattr(config, "fake_tensor_cache_enabled"):
+        return contextlib.nullcontext()
+    return config.patch(fake_tensor_cache_enabled=False)
 
 
 def export_program(served: ServedCVRModel, spec: FeatureSpec) -> torch.export.ExportedProgram:
