@@ -67,6 +67,9 @@ def served_world() -> ServedWorld:
     train(tiny_config(), world, "1", root / "run", show_progress=False)
     done = cli("export", "--run", str(root / "run"), "--out", str(root / "art"))
     assert done.returncode == 0, done.stderr
+    # progress on stderr while the programs trace, the result on stdout
+    assert "tracing request.pt2 (one user x N candidates)\ntracing rows.pt2" in done.stderr
+    assert done.stdout.startswith(f"wrote {root / 'art'}: model step-") and " s)" in done.stdout
     return ServedWorld(world, root / "run", root / "art")
 
 

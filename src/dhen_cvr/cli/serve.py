@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -18,9 +19,16 @@ def export(
     """Export a run's newest checkpoint to a self-contained serving artefact (.pt2)."""
     from dhen_cvr.serve.artefact import export_artefact
 
-    path = export_artefact(run, out)
+    layouts = {"request.pt2": "one user x N candidates", "rows.pt2": "B independent rows"}
+    start = time.perf_counter()
+    path = export_artefact(
+        run, out, on_program=lambda name: typer.echo(f"tracing {name} ({layouts[name]})", err=True)
+    )
     meta = json.loads((path / "metadata.json").read_text())
-    typer.echo(f"wrote {path}: model {meta['model_version']}, heads {', '.join(meta['heads'])}")
+    typer.echo(
+        f"wrote {path}: model {meta['model_version']}, heads {', '.join(meta['heads'])} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
 
 
 def serve(

@@ -202,9 +202,12 @@ def _metadata(trained: TrainedModel, spec: FeatureSpec, files: dict[str, str]) -
     }
 
 
-def export_artefact(run: str | Path, out: str | Path) -> Path:
+def export_artefact(
+    run: str | Path, out: str | Path, on_program: Callable[[str], None] | None = None
+) -> Path:
     """Export the newest checkpoint of ``run`` (or a checkpoint folder) to ``out`` (a new
-    or empty folder, written atomically: a temporary folder renamed into place)."""
+    or empty folder, written atomically: a temporary folder renamed into place).
+    ``on_program(name)`` is called before each program is traced (tens of seconds each)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DhenCvrError(f"artefact folder {out} exists and is not empty; choose another --out")
@@ -214,6 +217,8 @@ def export_artefact(run: str | Path, out: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
         for name, one_user in zip(_PROGRAMS, (True, False), strict=True):
+            if on_program is not None:
+                on_program(name)
             torch.export.save(export_program(_served(trained, one_user), spec), tmp / name)
         spec.save(tmp / "spec.yaml")
         files = {name: _sha256(tmp / name) for name in (*_PROGRAMS, "spec.yaml")}
