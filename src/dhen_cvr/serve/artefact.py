@@ -133,7 +133,7 @@ def _served(trained: TrainedModel, one_user: bool) -> ServedCVRModel:
     ).eval()
 
 
-def _symbolic_tracing() -> Any:
+def _symbolic_tracing() -> contextlib.AbstractContextManager[Any]:
     """Settings for tracing the programs: no fake-tensor dispatch cache.
 
     With dynamic row and sequence dimensions, building and reading that cache's entries
