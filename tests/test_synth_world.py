@@ -261,6 +261,23 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path: Path) -> None:
     assert not any(a[d].equals(c[d]) for d in a)
 
 
+def test_no_sequence_topics_drops_only_the_topic_fields(tmp_path: Path) -> None:
+    synthesize(tmp_path / "with", TINY)
+    synthesize(tmp_path / "ids", TINY.model_copy(update={"sequence_topics": False}))
+    spec = load_spec(tmp_path / "ids" / "_spec.yaml")
+    fields = {s.name: [f.name for f in s.fields] for s in spec.sequences}
+    assert fields["org"] == ["org_pin", "org_action"]
+    assert fields["ads"] == ["ads_item", "ads_advertiser", "ads_action"]
+    full, ids = _content(tmp_path / "with"), _content(tmp_path / "ids")
+    assert full.keys() == ids.keys()
+    for day in full:
+        assert set(full[day].column_names) - set(ids[day].column_names) == {
+            "org_topic",
+            "ads_topic",
+        }
+        assert full[day].select(ids[day].column_names).equals(ids[day])  # the same rows and values
+
+
 def test_chunked_users_write_one_part_per_chunk(tmp_path: Path) -> None:
     config = TINY.model_copy(update={"users_per_chunk": 30})
     synthesize(tmp_path / "w", config)

@@ -6,12 +6,14 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from torch import nn
 
 from dhen_cvr.config import ExperimentConfig, apply_overrides, load_experiment_config
 from dhen_cvr.config.train import TrainConfig
 from dhen_cvr.errors import DhenCvrError
-from dhen_cvr.train.optim import learning_rate
+from dhen_cvr.train.optim import build_optimizer, learning_rate, set_learning_rate
 
 CONFIG = {
     "model": {"dim": 8, "dhen": {"layers": [{"modules": [{"name": "mlp"}]}]}},
@@ -93,6 +95,32 @@ def test_learning_rate_schedule() -> None:
     assert learning_rate(35, 110, linear) == pytest.approx(1.0 - 0.25 * 0.9)
     flat = cfg.model_copy(update={"decay": "none", "warmup_steps": 0})
     assert learning_rate(0, 110, flat) == learning_rate(99, 110, flat) == 1.0
+
+
+def test_embedding_lr_scale_multiplies_only_the_tables_rate() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 1))
+
+    def first_step_sizes(scale: float) -> tuple[float, float]:
+        m = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 1))
+        m.load_state_dict(model.state_dict())
+        opt = build_optimizer(m, TrainConfig(lr=0.01, embedding_lr_scale=scale))
+        set_learning_rate(opt, 0.01)
+        before = [p.detach().clone() for p in (m[0].weight, m[1].weight)]
+        m(torch.tensor([[1, 2]])).sum().backward()
+        opt.step()
+        # Adam's first step moves every parameter with a gradient by lr (sign of its gradient).
+        return tuple(  # type: ignore[return-value]
+            float((p - b).abs().max())
+            for p, b in zip((m[0].weight, m[1].weight), before, strict=True)
+        )
+
+    plain, scaled = first_step_sizes(1.0), first_step_sizes(30.0)
+    assert plain == pytest.approx((0.01, 0.01), rel=1e-3)
+    assert scaled == pytest.approx((0.3, 0.01), rel=1e-3)
+    # At scale 1 the tables share the matrices' group: two groups, as in older checkpoints.
+    assert len(build_optimizer(model, TrainConfig()).param_groups) == 2
+    assert len(build_optimizer(model, TrainConfig(embedding_lr_scale=3.0)).param_groups) == 3
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,13 @@ def synth(
         bool,
         typer.Option(help="Also write each row's latent logit terms as truth_* columns."),
     ] = False,
+    sequence_topics: Annotated[
+        bool,
+        typer.Option(
+            help="Write the organic and ad items' topics in the sequences; with "
+            "--no-sequence-topics items carry only their ids."
+        ),
+    ] = True,
 ) -> None:
     """Write the synthetic conversion-ads world (see ``dhen_cvr.data.synth``)."""
     try:
@@ -57,6 +64,7 @@ def synth(
             start_date=start_date,
             history_days=history_days,
             truth_terms=truth_terms,
+            sequence_topics=sequence_topics,
         )
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())

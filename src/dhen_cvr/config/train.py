@@ -24,6 +24,10 @@ class TrainConfig(BaseModel):
     epochs: int = Field(default=1, gt=0)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
+    # The embedding tables' learning rate is lr x this (schedule included). A row is only
+    # updated when its id is in the batch, so with many ids (items, pins) each row gets few
+    # steps: a larger rate lets rare ids move from their random start (train/optim.py).
+    embedding_lr_scale: float = Field(default=1.0, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(default=100, ge=0)
     decay: Literal["cosine", "linear", "none"] = "cosine"

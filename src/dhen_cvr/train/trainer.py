@@ -70,7 +70,7 @@ from dhen_cvr.train.losses import (
     keep_bce,
 )
 from dhen_cvr.train.metric_log import MetricLog
-from dhen_cvr.train.optim import build_optimizer, learning_rate
+from dhen_cvr.train.optim import build_optimizer, learning_rate, set_learning_rate
 from dhen_cvr.train.weight_average import weight_average
 
 __all__ = [
@@ -365,8 +365,7 @@ class Trainer:
         tc = self.config.train
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self._params, tc.grad_clip, foreach=True)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(self.optimizer, lr)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:

@@ -78,6 +78,11 @@ class WorldConfig(BaseModel):
     # Also write each row's latent logit terms as truth_* columns (not in the spec): what a
     # model could know at best, e.g. to measure the gain of handing it one hidden term.
     truth_terms: bool = False
+    # ---- what the sequences show ----
+    # False: the organic and ad sequences carry no topic field (org_topic, ads_topic), only
+    # the items' ids, as logs without item side information do; a model must learn what an
+    # id is about from the sequences themselves. The data are the same otherwise.
+    sequence_topics: bool = True
 
     @field_validator("start_date")
     @classmethod
@@ -162,7 +167,7 @@ def world_spec(config: WorldConfig) -> FeatureSpec:
             "timestamp": "org_ts",
             "fields": [
                 {"name": "org_pin", "vocab_size": c.n_pins, "table": "pin"},
-                {"name": "org_topic", **topic},
+                *([{"name": "org_topic", **topic}] if c.sequence_topics else []),
                 {"name": "org_action", **engagement},
             ],
         },
@@ -173,7 +178,7 @@ def world_spec(config: WorldConfig) -> FeatureSpec:
             "fields": [
                 {"name": "ads_item", **item},
                 {"name": "ads_advertiser", **advertiser},
-                {"name": "ads_topic", **topic},
+                *([{"name": "ads_topic", **topic}] if c.sequence_topics else []),
                 {"name": "ads_action", **engagement},
             ],
         },
