@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench clean study-small study-large
+.PHONY: install demo test lint typecheck pytest bench clean study-small study-large study-ids
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ WORKERS ?= 2
 study-small: $(STAMP)
 	test -d runs/world-small || $(BIN)/dhen-cvr synth --out runs/world-small --days 6 --users 4000 --impressions-per-day 150000 --max-seq-len 32 --seed 0
 	$(BIN)/dhen-cvr study --study configs/studies/cpu_baselines.yaml --data runs/world-small --train-days 1-5 --eval-days 6 --out runs/study-small --workers $(WORKERS) --quiet
+
+# study-ids: the quickstart world with the topic fields left out of the organic and ad
+# sequences (synth --no-sequence-topics: items carry only their ids), 3 seeds (~45 min).
+study-ids: $(STAMP)
+	test -d runs/world-ids || $(BIN)/dhen-cvr synth --out runs/world-ids --days 6 --users 4000 --impressions-per-day 150000 --max-seq-len 32 --seed 0 --no-sequence-topics
+	$(BIN)/dhen-cvr study --study configs/studies/cpu_baselines.yaml --data runs/world-ids --train-days 1-5 --eval-days 6 --out runs/study-ids --only dhen-dcn+ssl-d32-mb8 --only dhen-dcn-d32-mb8 --only dhen-dcn+ssl1-d32-mb8-ep3 --only dhen-dcn-d32-mb8-ep3 --only gbdt --workers $(WORKERS) --quiet
 
 study-large: $(STAMP)
 	test -d runs/world-large || $(BIN)/dhen-cvr synth --out runs/world-large --days 14 --users 8000 --impressions-per-day 200000 --max-seq-len 32 --seed 1
