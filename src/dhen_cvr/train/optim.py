@@ -31,8 +31,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
     Groups: embedding-table weights (``nn.Embedding``; weight decay as matrices, and
     ``lr_scale = cfg.embedding_lr_scale``; only when that is not 1), other matrices, and
-    the rest. The trainer sets
-    each group's rate to ``lr x group["lr_scale"]`` (:func:`set_learning_rate`).
+    the rest. The trainer sets each group's rate to ``lr x group["lr_scale"]``
+    (:func:`set_learning_rate`).
 
     The fused kernel (one pass over all parameters; CPU and CUDA in torch >= 2.4; 6.5x
     the single-tensor loop and 3.9x ``foreach`` on a CPU for tiny-sized parameters) where
