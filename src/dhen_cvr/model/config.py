@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dhen_cvr.data.spec import FeatureCategory
 from dhen_cvr.errors import DhenCvrError, describe_validation_error
+from dhen_cvr.model.attribute_shares import AttributeShareConfig
 from dhen_cvr.model.dhen import DHENConfig
 from dhen_cvr.model.sequence import SequenceConfig
 from dhen_cvr.model.tokens import DenseTokens
@@ -40,6 +41,8 @@ class ModelConfig(BaseModel):
                      ``feature`` (one token per dense feature)
     dense_bins:      ``T > 0``: dense values enter as their piecewise-linear encoding over
                      ``T`` equal bins of [0, 1] (model/piecewise.py); 0: as they are
+    attribute_shares: population share tables looked up by a candidate id, one token each
+                     (model/attribute_shares.py); none by default
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -54,6 +57,7 @@ class ModelConfig(BaseModel):
     drop_categories: list[str] = Field(default_factory=list)
     dense_tokens: DenseTokens = "group"
     dense_bins: int = Field(default=0, ge=0)
+    attribute_shares: list[AttributeShareConfig] = Field(default_factory=list)
 
     @field_validator("head_hidden")
     @classmethod

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from dhen_cvr.data.batch import Batch, SequenceBatch
 from dhen_cvr.data.spec import FeatureCategory, FeatureSpec
 from dhen_cvr.data.stats import MinMaxStats
+from dhen_cvr.model.attribute_shares import AttributeShareTokens, share_fields
 from dhen_cvr.model.config import ModelConfig
 from dhen_cvr.model.dhen import DHEN, CrossingContext
 from dhen_cvr.model.heads import MultiTaskHeads
@@ -68,7 +69,24 @@ class CVRModel(nn.Module):
             config.ssl_dim,
             candidates,
         )
-        self.token_names: list[str] = self.features.token_names + self.sequences.token_names
+        for entry in config.attribute_shares:  # names checked on the data's full spec
+            share_fields(spec.sequences, entry)
+        self.attribute_shares = (
+            AttributeShareTokens(
+                self.spec.sequences,
+                candidates,
+                self.tables,
+                config.attribute_shares,
+                config.dim,
+                len(spec.label_names) + (1 if spec.keep_label_names else 0),
+            )
+            if config.attribute_shares
+            else None
+        )
+        share_names = self.attribute_shares.token_names if self.attribute_shares else []
+        self.token_names: list[str] = (
+            self.features.token_names + share_names + self.sequences.token_names
+        )
         if not self.token_names:
             raise ValueError(
                 f"no input tokens left after dropping categories {config.drop_categories}"
@@ -137,12 +155,12 @@ class CVRModel(nn.Module):
     ) -> ModelOutput:
         """The forward pass on the model-input parts of a :class:`Batch`; ``ssl=False``
         skips the per-position SSL outputs (``ModelOutput.sequences`` is then empty)."""
-        feature_tokens = self.features(self.tables, dense, pretrained, categorical)
+        feature_tokens, share_logits = self._feature_tokens(dense, pretrained, categorical)
         query = self.features.candidate_summary(feature_tokens)
         sequence_tokens, encodings = self.sequences(
             self.tables, sequences, query, mlm_mask, ssl=ssl, candidates=categorical
         )
-        return self._head(feature_tokens, sequence_tokens, encodings)
+        return self._head(feature_tokens, sequence_tokens, encodings, share_logits)
 
     def score_candidates(
         self,
@@ -156,24 +174,40 @@ class CVRModel(nn.Module):
         feature, repeated; they are cheap) -> ``N`` rows of logits, equal to
         :meth:`encode` on the user's sequences repeated ``N`` times. The sequence
         encoders, most of the model's cost, run once per request (serving, DESIGN 7)."""
-        feature_tokens = self.features(self.tables, dense, pretrained, categorical)
+        feature_tokens, share_logits = self._feature_tokens(dense, pretrained, categorical)
         n = feature_tokens.shape[0]
         query = self.features.candidate_summary(feature_tokens)
         sequence_tokens = self.sequences.for_candidates(
             self.tables, sequences, query, categorical, n
         )
-        return self._head(feature_tokens, sequence_tokens, {})
+        return self._head(feature_tokens, sequence_tokens, {}, share_logits)
+
+    def _feature_tokens(
+        self, dense: Tensor, pretrained: dict[str, Tensor], categorical: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor | None]:
+        """-> (``B x L_f x D`` feature tokens, then any attribute-share tokens; ``B x H``
+        attribute-share logit terms or None)."""
+        tokens = self.features(self.tables, dense, pretrained, categorical)
+        if self.attribute_shares is None or not self.attribute_shares.configs:
+            return tokens, None
+        share_tokens, share_logits = self.attribute_shares(categorical)
+        if share_tokens is not None:
+            tokens = torch.cat([tokens, share_tokens.to(tokens.dtype)], dim=1)
+        return tokens, share_logits
 
     def _head(
         self,
         feature_tokens: Tensor,
         sequence_tokens: Tensor | None,
         encodings: dict[str, SequenceEncoding],
+        share_logits: Tensor | None = None,
     ) -> ModelOutput:
         parts = [t for t in (feature_tokens, sequence_tokens) if t is not None and t.shape[1]]
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         y = self.backbone(x)
         logits = self.heads(y.flatten(1))
+        if share_logits is not None:
+            logits = logits + share_logits.to(logits.dtype)
         if not self.keep_labels:
             return ModelOutput(logits=logits, sequences=encodings)
         return ModelOutput(logits=logits[:, :-1], sequences=encodings, keep_logit=logits[:, -1])

@@ -36,6 +36,7 @@ from dhen_cvr.runtime.run_folder import (
     read_run_folder,
     write_run_folder,
 )
+from dhen_cvr.train.attribute_shares import fit_attribute_shares
 from dhen_cvr.train.data_notes import report_data_notes
 from dhen_cvr.train.recalibrate import recalibrate_heads
 from dhen_cvr.train.trainer import BatchHook, Trainer, TrainResult
@@ -126,6 +127,8 @@ def run_training(
         stats = fit_minmax_stats(plan.days, spec)  # every rank: deterministic, dense only
 
     trainer = Trainer(config, spec, stats, run, ctx)
+    # population share tables of the training days (a checkpoint loaded below replaces them)
+    fit_attribute_shares(trainer.model, spec, plan.days, config.train.eval_batch_size)
     if plan.checkpoint is not None:
         if plan.warm_start:
             trainer.load_weights(plan.checkpoint)
