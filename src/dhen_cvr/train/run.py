@@ -127,13 +127,12 @@ def run_training(
         stats = fit_minmax_stats(plan.days, spec)  # every rank: deterministic, dense only
 
     trainer = Trainer(config, spec, stats, run, ctx)
-    # population share tables of the training days (a checkpoint loaded below replaces them)
-    fit_attribute_shares(trainer.model, spec, plan.days, config.train.eval_batch_size)
-    if plan.checkpoint is not None:
-        if plan.warm_start:
-            trainer.load_weights(plan.checkpoint)
-        else:
-            trainer.restore(plan.checkpoint)
+    if plan.checkpoint is None:  # a resumed or warm-started run keeps its checkpoint's tables
+        fit_attribute_shares(trainer.model, spec, plan.days, config.train.eval_batch_size)
+    elif plan.warm_start:
+        trainer.load_weights(plan.checkpoint)
+    else:
+        trainer.restore(plan.checkpoint)
     result = trainer.fit(
         plan.days, show_progress=show_progress, on_batch=on_batch, extra_columns=extra_columns
     )
