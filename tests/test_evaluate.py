@@ -17,7 +17,7 @@ from dhen_cvr.days import day_name, select_days
 from dhen_cvr.eval.evaluate import EvalReport, evaluate, evaluation_file
 from dhen_cvr.runtime.checkpoint import load_trained_model
 from dhen_cvr.train import train
-from train_world import make_world, tiny_config
+from train_world import TINY_WORLD, make_world, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,31 @@ def test_metrics_equal_sklearn(world: tuple[Path, Path, Path]) -> None:
             assert report.mean[head][metric] == pytest.approx(np.mean(per_day), rel=1e-12)
     # the oracle is the ceiling the synthetic world promises
     assert all(report.mean[h]["oracle_roc_auc"] > 0.7 for h in report.heads)
+
+
+def test_full_traffic_day_is_served_at_the_training_rate(
+    world: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A day logged without down-sampling (the same world and seed, every impression kept):
+    the served p still undoes the *training* data's rate, and calibration is then exact
+    on the full population, sum(p) / sum(oracle p) over every row."""
+    _, run, _ = world
+    full = make_world(tmp_path / "full", TINY_WORLD.model_copy(update={"negative_rate": 1.0}))
+    report = evaluate(run, full, "3", save=False)
+    rate = load_trained_model(run).spec.sampling.negative_rate
+    assert rate < 1 and report.negative_rate == rate
+    assert f"else at rate {rate} (the training data's; these data: 1.0)" in report.notes[
+        "calibration"
+    ]
+    s = _score_day(run, select_days(full, "3")[0])
+    assert np.all(s["pi"] == 1) and len(s["pi"]) > 10 * report.mean["checkout"]["positives"]
+    served = rate * s["p"] / (1 - (1 - rate) * s["a"][:, None])
+    for h, head in enumerate(report.heads):
+        got, m = report.per_day[report.days[0]][head], s["m"][:, h]
+        assert got["calibration_vs_oracle"] == pytest.approx(
+            served[m, h].sum() / s["oracle"][m, h].sum(), rel=1e-9
+        )
+    assert 0.5 < report.mean["checkout"]["calibration_vs_oracle"] < 2  # not 1 / r off
 
 
 def test_baseline_lift_and_eval_json(world: tuple[Path, Path, Path]) -> None:

@@ -6,8 +6,9 @@ Per head and per evaluation day, then averaged over days:
   logged, i.e. the down-sampled data, with the model's probabilities on that scale (as
   the paper evaluates);
 - ``calibration``: ``Σ p / Σ y`` on the *full* population: the served probabilities
-  (corrected for the negative down-sampling with ``spec.sampling.negative_rate``,
-  :mod:`dhen_cvr.eval.calibration`) and every row weighted by ``1 / inclusion_prob``;
+  (corrected for the negative down-sampling of the model's *training* data, as served,
+  :mod:`dhen_cvr.eval.calibration`) and every row weighted by ``1 / inclusion_prob`` of the
+  evaluated data, which may be sampled at another rate (a full-traffic day: exact);
 - ``oracle_roc_auc``/``oracle_pr_auc``: the same metrics of the data's true
   probabilities (``oracle_*`` columns, synthetic data), the ceiling a model can reach;
 - with a baseline run: its mean metrics and the relative lift ``(m - m_base) / m_base``.
@@ -151,11 +152,21 @@ class ScoreAccumulator:
     use the exact any-keep-label correction when ``any_sampled`` is given
     (:func:`~dhen_cvr.eval.calibration.correct_for_any_label_sampling`), else the per-head
     one. For DDP, gather each rank's object and :meth:`merge` them (exact, not averaged).
+
+    ``served_negative_rate``: the rate ``r`` of the data the scores' model was *trained* on,
+    which the served correction undoes (default: ``spec``'s). The evaluated data may be
+    sampled at another rate (e.g. a full-traffic day, ``r = 1``); its rows are weighted by
+    their own inclusion probabilities either way.
     """
 
-    def __init__(self, heads: list[str], spec: FeatureSpec) -> None:
+    def __init__(
+        self, heads: list[str], spec: FeatureSpec, *, served_negative_rate: float | None = None
+    ) -> None:
         self.heads = list(heads)
         self.spec = spec
+        self.served_negative_rate = (
+            spec.sampling.negative_rate if served_negative_rate is None else served_negative_rate
+        )
         self.sampled = StreamingBinaryMetrics()
         self.full = StreamingBinaryMetrics()
         self.oracle = StreamingBinaryMetrics()
@@ -179,7 +190,7 @@ class ScoreAccumulator:
         p = np.asarray(p_sampled, dtype=np.float64)
         heads = self.heads
         self.sampled.update_heads(day, heads, p, labels, label_mask, weight)
-        rate = self.spec.sampling.negative_rate
+        rate = self.served_negative_rate
         if any_sampled is None:
             served = correct_for_negative_sampling(p, rate)
         else:
@@ -232,7 +243,7 @@ def evaluate_model(
     heads = list(model.head_names)
     was_training = model.training
     model.eval()
-    acc = ScoreAccumulator(heads, spec)
+    acc = ScoreAccumulator(heads, spec, served_negative_rate=model.spec.sampling.negative_rate)
     for day in days:
         name = day_name(day)
         stream = ParquetBatchStream(
@@ -260,7 +271,7 @@ def evaluate_model(
                 oracle=None if batch.oracle is None else batch.oracle.double().cpu().numpy(),
             )
     model.train(was_training)
-    merged = ScoreAccumulator(heads, spec)
+    merged = ScoreAccumulator(heads, spec, served_negative_rate=model.spec.sampling.negative_rate)
     for part in all_gather_objects(ctx, acc):
         merged.merge(part)
     return merged.report([day_name(d) for d in days], str(run))
@@ -291,19 +302,21 @@ def _report(
                 "positives": s.positives if s else 0,
             }
     keep = spec.keep_label_names
+    rate, data_rate = acc.served_negative_rate, spec.sampling.negative_rate
+    trained_at = "" if rate == data_rate else f" (the training data's; these data: {data_rate})"
     report = EvalReport(
         run=run,
         days=days,
         heads=heads,
         served={lb.name: lb.serve for lb in spec.labels},
-        negative_rate=spec.sampling.negative_rate,
+        negative_rate=rate,
         per_day=per_day,
         mean=_mean_over_days(per_day, heads),
         notes={
             "roc_auc/pr_auc/log_loss": "on the down-sampled evaluation data, sampled-scale p",
             "calibration": "sum(p)/sum(y) on the full population (rows weighted 1/pi), p "
             "corrected for the down-sampling: rows are kept when any of "
-            f"{keep} is 1, else at rate {spec.sampling.negative_rate}; exact for those "
+            f"{keep} is 1, else at rate {rate}{trained_at}; exact for those "
             "heads, not for the others (e.g. a click head)",
             "calibration_top10": "the same, over the 10% of the full population with the "
             "highest predictions (where bids are decided)",
