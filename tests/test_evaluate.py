@@ -107,9 +107,9 @@ def test_full_traffic_day_is_served_at_the_training_rate(
     report = evaluate(run, full, "3", save=False)
     rate = load_trained_model(run).spec.sampling.negative_rate
     assert rate < 1 and report.negative_rate == rate
-    assert f"else at rate {rate} (the training data's; these data: 1.0)" in report.notes[
-        "calibration"
-    ]
+    assert (
+        f"else at rate {rate} (the training data's; these data: 1.0)" in report.notes["calibration"]
+    )
     s = _score_day(run, select_days(full, "3")[0])
     assert np.all(s["pi"] == 1) and len(s["pi"]) > 10 * report.mean["checkout"]["positives"]
     served = rate * s["p"] / (1 - (1 - rate) * s["a"][:, None])
