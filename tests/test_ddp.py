@@ -61,7 +61,7 @@ def test_two_process_ddp_matches_one_process(data: Path, tmp_path: Path) -> None
     # here. Per-rank averaging instead of gathering would move it by ~1e-2.
     ranking = {"roc_auc", "pr_auc"}
     for head in again.heads:
-        for metric in ("roc_auc", "pr_auc", "log_loss", "calibration", "count"):
+        for metric in ("roc_auc", "pr_auc", "log_loss", "calibration", "calibration_se", "count"):
             tolerance = {"abs": 1e-3} if metric in ranking else {"rel": 1e-6, "abs": 1e-9}
             assert ddp_eval["mean"][head][metric] == pytest.approx(
                 again.mean[head][metric], **tolerance

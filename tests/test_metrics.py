@@ -21,7 +21,9 @@ from dhen_cvr.eval.metrics import (
     StreamingBinaryMetrics,
     average_over_days,
     average_precision,
+    calibration_standard_error,
     log_loss,
+    mean_se,
     relative_lift,
     roc_auc,
 )
@@ -165,6 +167,48 @@ def test_histogram_mode_approximates_exact_mode() -> None:
     )
     with pytest.raises(ValueError, match="different mode"):
         exact.merge(approx)
+
+
+def test_calibration_standard_error_equals_a_loop_in_both_modes() -> None:
+    y, p, w = random_case(31, 5000)
+    w = np.ones_like(p) if w is None else w
+    r = np.dot(w, p) / np.dot(w, y)
+    loop = math.sqrt(
+        sum((wi * (pi - r * yi)) ** 2 for yi, pi, wi in zip(y, p, w, strict=True))
+    ) / np.dot(w, y)
+    for mode in ("exact", "histogram"):
+        whole, halves = StreamingBinaryMetrics(mode), StreamingBinaryMetrics(mode)
+        other = StreamingBinaryMetrics(mode)
+        whole.update("h", "d", p, y, w)
+        halves.update("h", "d", p[:1234], y[:1234], w[:1234])
+        other.update("h", "d", p[1234:], y[1234:], w[1234:])
+        halves.merge(other)  # as DDP ranks are merged
+        for s in (whole, halves):
+            assert s.compute()[("h", "d")].calibration_se == pytest.approx(loop, rel=1e-9)
+    assert math.isnan(calibration_standard_error(0.0, 1.0, 1.0, 0.0, 0.0))  # no positive
+    assert mean_se([0.3, 0.4, math.nan]) == pytest.approx(0.25)  # sqrt(0.09 + 0.16) / 2
+
+
+def test_calibration_standard_error_matches_the_spread_of_down_sampled_days() -> None:
+    """A calibrated model on many independent days of one population, negatives kept at
+    rate 0.1 (weights 1 / pi): the reported standard error is the spread of the day's
+    sum p / sum y, and 1.96 se covers the truth (1) on ~95% of days."""
+    rng = np.random.default_rng(7)
+    p = np.clip(rng.lognormal(np.log(0.01), 1.0, 20000), 0, 0.5)  # ~200 positives a day
+    calibrations, errors = [], []
+    for _ in range(400):
+        y = (rng.random(p.size) < p).astype(np.float64)
+        kept = (y == 1) | (rng.random(p.size) < 0.1)
+        w = np.where(y == 1, 1.0, 10.0)[kept]
+        s = StreamingBinaryMetrics()
+        s.update("h", "d", p[kept], y[kept], w)
+        m = s.compute()[("h", "d")]
+        calibrations.append(m.calibration)
+        errors.append(m.calibration_se)
+    spread, se = float(np.std(calibrations)), float(np.mean(errors))
+    assert 0.85 < se / spread < 1.15, (se, spread)
+    covered = np.mean(np.abs(np.array(calibrations) - 1) <= 1.96 * np.array(errors))
+    assert 0.91 < covered < 0.98, covered
 
 
 def test_average_over_days_and_relative_lift() -> None:

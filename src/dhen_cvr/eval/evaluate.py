@@ -39,7 +39,12 @@ from dhen_cvr.eval.calibration import (
     correct_for_negative_sampling,
     inclusion_weights,
 )
-from dhen_cvr.eval.metrics import OracleCalibration, StreamingBinaryMetrics, relative_lift
+from dhen_cvr.eval.metrics import (
+    OracleCalibration,
+    StreamingBinaryMetrics,
+    mean_se,
+    relative_lift,
+)
 from dhen_cvr.model.cvr_model import CVRModel
 from dhen_cvr.model.probabilities import esmm_probabilities
 from dhen_cvr.runtime.checkpoint import load_trained_model
@@ -61,6 +66,7 @@ METRICS = (
     "pr_auc",
     "log_loss",
     "calibration",
+    "calibration_se",
     "calibration_top10",
     "calibration_vs_oracle",
     "calibration_top10_vs_oracle",
@@ -293,6 +299,7 @@ def _report(
                 "pr_auc": s.pr_auc if s else math.nan,
                 "log_loss": s.log_loss if s else math.nan,
                 "calibration": f.calibration if f else math.nan,
+                "calibration_se": f.calibration_se if f else math.nan,
                 "calibration_top10": f.calibration_top_decile if f else math.nan,
                 "calibration_vs_oracle": vs,
                 "calibration_top10_vs_oracle": vs_top,
@@ -318,6 +325,8 @@ def _report(
             "corrected for the down-sampling: rows are kept when any of "
             f"{keep} is 1, else at rate {rate}{trained_at}; exact for those "
             "heads, not for the others (e.g. a click head)",
+            "calibration_se": "its standard error (the ratio's linearisation over rows: label "
+            "noise and down-sampling); the mean over days: sqrt(sum se^2) / days",
             "calibration_top10": "the same, over the 10% of the full population with the "
             "highest predictions (where bids are decided)",
             "calibration_vs_oracle": "sum(p)/sum(oracle p) on the same rows and weights: the "
@@ -335,7 +344,8 @@ def _mean_over_days(
     mean: dict[str, HeadMetrics] = {}
     for head in heads:
         rows = [metrics[head] for metrics in per_day.values() if head in metrics]
-        mean[head] = {m: _finite_mean([r[m] for r in rows]) for m in METRICS}
+        mean[head] = {m: _finite_mean([r.get(m, math.nan) for r in rows]) for m in METRICS}
+        mean[head]["calibration_se"] = mean_se([r.get("calibration_se", math.nan) for r in rows])
         mean[head]["count"] = sum(r["count"] for r in rows)
         mean[head]["positives"] = sum(r["positives"] for r in rows)
     return mean

@@ -34,7 +34,9 @@ __all__ = [
     "StreamingBinaryMetrics",
     "average_over_days",
     "average_precision",
+    "calibration_standard_error",
     "log_loss",
+    "mean_se",
     "relative_lift",
     "roc_auc",
 ]
@@ -89,6 +91,7 @@ class BinaryMetrics:
     count: int
     positives: int
     calibration_top_decile: float = math.nan  # exact mode only
+    calibration_se: float = math.nan  # standard error of ``calibration`` (ratio linearisation)
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -186,8 +189,30 @@ def average_over_days(results: dict[tuple[str, str], BinaryMetrics]) -> dict[str
             count=sum(m.count for m in ms),
             positives=sum(m.positives for m in ms),
             calibration_top_decile=mean(ms, "calibration_top_decile"),
+            calibration_se=mean_se([m.calibration_se for m in ms]),
         )
     return out
+
+
+def mean_se(standard_errors: Sequence[float]) -> float:
+    """The standard error of the mean of independent estimates with these standard
+    errors: ``sqrt(Σ se²) / n`` over the finite ones (NaN if none)."""
+    finite = [se for se in standard_errors if math.isfinite(se)]
+    return math.sqrt(sum(se * se for se in finite)) / len(finite) if finite else math.nan
+
+
+def calibration_standard_error(
+    sum_wy: float, sum_wp: float, sum_w2p2: float, sum_w2py: float, sum_w2y2: float
+) -> float:
+    """Standard error of the ratio ``R = Σ w p / Σ w y`` from its linearisation (rows as
+    independent draws: label noise and the down-sampling's weights both count):
+    ``sqrt(Σ (w (p - R y))²) / Σ w y``, from the running sums of ``w²p²``, ``w²py``, ``w²y²``.
+    NaN without a positive."""
+    if sum_wy <= 0:
+        return math.nan
+    r = sum_wp / sum_wy
+    residual = max(sum_w2p2 - 2 * r * sum_w2py + r * r * sum_w2y2, 0.0)
+    return math.sqrt(residual) / sum_wy
 
 
 @dataclass
@@ -201,6 +226,9 @@ class _Accumulator:
     sum_wy: float = 0.0
     sum_wp: float = 0.0
     sum_wll: float = 0.0
+    sum_w2p2: float = 0.0  # for the calibration's standard error
+    sum_w2py: float = 0.0
+    sum_w2y2: float = 0.0
     chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     pos_hist: np.ndarray | None = None
     neg_hist: np.ndarray | None = None
@@ -217,6 +245,10 @@ class _Accumulator:
         self.sum_wy += float(np.dot(w, y))
         self.sum_wp += float(np.dot(w, p))
         self.sum_wll += float(np.dot(w, _row_log_loss(y, p)))
+        w2 = w * w
+        self.sum_w2p2 += float(np.dot(w2, p * p))
+        self.sum_w2py += float(np.dot(w2, p * y))
+        self.sum_w2y2 += float(np.dot(w2, y))  # y² = y
         if self.pos_hist is not None and self.neg_hist is not None:
             with np.errstate(divide="ignore"):
                 logit = np.log(p) - np.log1p(-p)
@@ -234,6 +266,9 @@ class _Accumulator:
         self.sum_wy += other.sum_wy
         self.sum_wp += other.sum_wp
         self.sum_wll += other.sum_wll
+        self.sum_w2p2 += other.sum_w2p2
+        self.sum_w2py += other.sum_w2py
+        self.sum_w2y2 += other.sum_w2y2
         self.chunks.extend(other.chunks)
         if self.pos_hist is not None and self.neg_hist is not None:
             assert other.pos_hist is not None and other.neg_hist is not None
@@ -261,6 +296,9 @@ class _Accumulator:
             count=self.count,
             positives=self.positives,
             calibration_top_decile=top,
+            calibration_se=calibration_standard_error(
+                self.sum_wy, self.sum_wp, self.sum_w2p2, self.sum_w2py, self.sum_w2y2
+            ),
         )
 
 

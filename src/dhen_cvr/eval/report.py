@@ -2,7 +2,7 @@
 
 One row per head (a ``serve: false`` head is marked ``(not served)``); columns are the
 model's ROC-AUC and PR-AUC next to the oracle's, log loss, calibration (sum p / sum y,
-overall and in the top decile of predictions; then sum p / sum oracle p, the same without
+with its standard error, overall and in the top decile of predictions; then sum p / sum oracle p, the same without
 label noise), rows and positives, and the relative lift when the report has a baseline.
 A metric that cannot be computed shows ``-``; the terminal table then says why below it
 (a head with no positives on a day, and what its mean over days covers).
@@ -23,6 +23,7 @@ _COLUMNS = (
     ("oracle", "oracle_pr_auc", "{:.4f}"),
     ("log loss", "log_loss", "{:.4f}"),
     ("calib.", "calibration", "{:.3f}"),
+    ("± se", "calibration_se", "{:.3f}"),
     ("top10", "calibration_top10", "{:.3f}"),
     ("vs oracle", "calibration_vs_oracle", "{:.3f}"),
     ("top10", "calibration_top10_vs_oracle", "{:.3f}"),
@@ -48,7 +49,7 @@ def table_rows(
     rows = []
     for head in report.heads:
         label = head if report.served.get(head, True) else f"{head} (not served)"
-        row = [label, *(_fmt(fmt, metrics[head][key]) for _, key, fmt in _COLUMNS)]
+        row = [label, *(_fmt(fmt, metrics[head].get(key, math.nan)) for _, key, fmt in _COLUMNS)]
         if with_lift:
             lift = (report.lift or {}).get(head, {})
             row += [_fmt("{:+.2%}", lift.get(key, math.nan)) for _, key in _LIFT_COLUMNS]
