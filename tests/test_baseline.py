@@ -378,6 +378,27 @@ def test_served_heads_are_calibrated(cli_run: tuple[Path, str]) -> None:
     assert 0.92 < pooled < 1.05, pooled
 
 
+def test_full_traffic_eval_data(world: Path, tmp_path: Path) -> None:
+    """Evaluated on a copy of the world logged without down-sampling, the baseline serves
+    at the training data's rate: calibration vs the oracle is exact over the whole day and
+    near 1, not 1 / r off; a copy of a training day is refused by its date."""
+    full = tmp_path / "full"
+    synthesize(full, WORLD.model_copy(update={"negative_rate": 1.0}))
+    config = BaselineConfig(gbdt=GBDTConfig(n_estimators=60, early_stopping="none"))
+    report = train_baseline(world, "1-3", "4", tmp_path / "run", config, eval_data=full)
+    rate = WORLD.negative_rate
+    assert rate < 1 and report.negative_rate == rate
+    saved = EvalReport.load(tmp_path / "run" / "eval.json")
+    assert saved.per_day == report.per_day
+    assert report.mean["checkout"]["count"] > 20_000  # every impression (sampled: ~3.3k)
+    for head in SERVED:
+        assert 0.8 < report.mean[head]["calibration_vs_oracle"] < 1.25, (head, report.mean[head])
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["eval_data"] == str(full) and run["data"] == str(world)
+    with pytest.raises(DhenCvrError, match="also training days"):
+        train_baseline(world, "1-3", "3", tmp_path / "again", config, eval_data=full)
+
+
 def test_deterministic_per_seed(world: Path, tmp_path: Path) -> None:
     config = BaselineConfig(gbdt=GBDTConfig(n_estimators=30, early_stopping="none"))
     a = train_baseline(world, "1", "2", tmp_path / "a", config)

@@ -371,8 +371,9 @@ def _predict(models: dict[str, _Fitted], name: str, x: np.ndarray) -> np.ndarray
 
 # ---- the public entry point --------------------------------------------------------
 def _check_days(train: list[Path], evaluate: list[Path]) -> None:
-    trained = {p.resolve() for p in train}
-    overlap = [day_name(p) for p in evaluate if p.resolve() in trained]
+    """By day name, so a copy of a training day in another folder is refused too."""
+    trained = {day_name(p) for p in train}
+    overlap = [day_name(p) for p in evaluate if day_name(p) in trained]
     if overlap:
         raise DhenCvrError(
             f"evaluation day(s) {overlap} are also training days: the baseline is measured "
@@ -399,8 +400,12 @@ def train_baseline(
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
     spec: str | Path | None = None,
+    eval_data: str | Path | None = None,
 ) -> EvalReport:
-    """Fit the GBDT baseline on ``train_days`` of ``data`` and evaluate on ``eval_days``.
+    """Fit the GBDT baseline on ``train_days`` of ``data`` and evaluate on ``eval_days``
+    (of ``eval_data`` when given: e.g. the same days logged without down-sampling; the
+    served pCVR still undoes the training data's rate, rows weigh by their own inclusion
+    probabilities, as in ``evaluate``).
 
     Writes ``OUT/eval.json`` (the :class:`EvalReport` of ``dhen-cvr evaluate``),
     ``OUT/run.json`` (data, days, ``kind: gbdt``, features, seconds, per-model rows and
@@ -413,7 +418,8 @@ def train_baseline(
     config = config or BaselineConfig()
     lgb = _lightgbm()
     data, out = Path(data), Path(out)
-    train_dirs, eval_dirs = resolve_days(data, train_days), resolve_days(data, eval_days)
+    eval_from = data if eval_data is None else Path(eval_data)
+    train_dirs, eval_dirs = resolve_days(data, train_days), resolve_days(eval_from, eval_days)
     _check_days(train_dirs, eval_dirs)
     _check_out(out, overwrite)
     feature_spec = load_data_spec(data, spec)
@@ -478,6 +484,7 @@ def train_baseline(
     run = {
         "kind": "gbdt",
         "data": str(data),
+        "eval_data": str(eval_from),
         "train_days": [day_name(d) for d in train_dirs],
         "eval_days": [day_name(d) for d in eval_dirs],
         "train_rows": len(train),

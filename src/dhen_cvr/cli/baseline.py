@@ -23,6 +23,11 @@ def register(app: typer.Typer) -> None:
             ..., "--eval-days", help=f"{_DAYS_HELP}; must not overlap --train-days"
         ),
         out: Path = typer.Option(..., "--out", help="run folder to create"),
+        eval_data: Path | None = typer.Option(
+            None,
+            "--eval-data",
+            help="read --eval-days from this folder (default --data), e.g. a full-traffic copy",
+        ),
         spec: Path | None = typer.Option(None, "--spec", help=SPEC_HELP),
         config: Path | None = typer.Option(
             None, "--config", "-c", help="baseline config YAML (e.g. configs/baselines/gbdt.yaml)"
@@ -61,5 +66,6 @@ def register(app: typer.Typer) -> None:
             overwrite=overwrite,
             log=None if quiet else typer.echo,
             spec=spec,
+            eval_data=eval_data,
         )
         typer.echo(format_report(report))
