@@ -15,6 +15,7 @@ from dhen_cvr.cli import app
 from dhen_cvr.data.reader import ParquetBatchStream
 from dhen_cvr.days import day_name, select_days
 from dhen_cvr.eval.evaluate import EvalReport, evaluate, evaluation_file
+from dhen_cvr.eval.report import format_report, table_rows
 from dhen_cvr.runtime.checkpoint import load_trained_model
 from dhen_cvr.train import train
 from train_world import TINY_WORLD, make_world, tiny_config
@@ -150,6 +151,24 @@ def test_report_json_handles_missing_values(tmp_path: Path) -> None:
     report.save(tmp_path / "eval.json")
     assert '"roc_auc": null' in (tmp_path / "eval.json").read_text()  # strict JSON
     assert math.isnan(EvalReport.load(tmp_path / "eval.json").mean["h"]["roc_auc"])
+
+
+def test_report_from_before_the_standard_error_still_prints(
+    world: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """An eval.json written before ``calibration_se`` existed loads and prints ``-`` there."""
+    data, run, _ = world
+    report = evaluate(run, data, "3", save=False)
+    assert all(0 < report.mean[h]["calibration_se"] < 1 for h in report.heads)
+    for metrics in [report.mean, *report.per_day.values()]:
+        for head in metrics.values():
+            del head["calibration_se"]
+    report.save(tmp_path / "old.json")
+    old = EvalReport.load(tmp_path / "old.json")
+    header, rows = table_rows(old, old.mean, with_lift=False)
+    column = header.index("± se")
+    assert all(row[column] == "-" for row in rows)
+    assert "± se" in format_report(old)
 
 
 def test_cli_evaluate(world: tuple[Path, Path, Path]) -> None:
