@@ -194,7 +194,7 @@ def test_calibration_standard_error_matches_the_spread_of_down_sampled_days() ->
     rate 0.1 (weights 1 / pi): the reported standard error is the spread of the day's
     sum p / sum y, and 1.96 se covers the truth (1) on ~95% of days."""
     rng = np.random.default_rng(7)
-    p = np.clip(rng.lognormal(np.log(0.01), 1.0, 20000), 0, 0.5)  # ~200 positives a day
+    p = np.clip(rng.lognormal(np.log(0.01), 1.0, 20000), 0, 0.5)  # ~300 positives a day
     calibrations, errors = [], []
     for _ in range(400):
         y = (rng.random(p.size) < p).astype(np.float64)
