@@ -2,7 +2,8 @@
 
 The smoothed log shares against a float64 loop; the counts of a real Parquet world against
 pyarrow's own reading of the raw columns; the token is the projected table row of the
-candidate's id; bad entries get a spec error naming them; a trained run saves the tables.
+candidate's id; bad entries get a spec error naming them; a trained run saves the tables;
+``auto`` stands for the spec's (candidate-shared key, small-vocabulary target) pairs.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from dhen_cvr.config import load_experiment_config
 from dhen_cvr.data.reader import ParquetBatchStream
 from dhen_cvr.data.spec import SpecError, load_data_spec
+from dhen_cvr.errors import DhenCvrError
 from dhen_cvr.model.cvr_model import CVRModel, ServedCVRModel, flat_inputs
 from dhen_cvr.runtime import load_trained_model
 from dhen_cvr.runtime.checkpoint import load_checkpoint
@@ -127,3 +130,46 @@ def test_a_trained_run_saves_and_exports_its_tables(tiny_world: Path, tmp_path: 
     inputs = flat_inputs(spec, batch)
     with torch.no_grad():
         torch.testing.assert_close(served.rows(*inputs), eager(*inputs), rtol=1e-5, atol=1e-5)
+
+
+# tiny_spec by hand: org_item / ads_item / conv_item share ``item`` with ad_id, ads_advertiser
+# / match_advertiser share ``advertiser`` with ad_advertiser; org_action (vocab 3: 5 rows with
+# padding and OOV), match_action and conv_action (vocab 4: 6 rows) are the small fields; the
+# ads sequence has no small field and search none that a candidate shares.
+AUTO_ENTRIES = [
+    "org.org_item->org_action",
+    "match.match_advertiser->match_action",
+    "conv.conv_item->conv_action",
+]
+
+
+def test_auto_is_every_candidate_key_against_every_small_field() -> None:
+    model = CVRModel(tiny_spec(), tiny_config(attribute_shares="auto"))
+    assert model.attribute_shares is not None
+    assert [c.name for c in model.attribute_shares.configs] == AUTO_ENTRIES
+    narrow = tiny_config(attribute_shares="auto", sequence={"match_split_max_rows": 5})
+    shares = CVRModel(tiny_spec(), narrow).attribute_shares
+    assert shares is not None and [c.name for c in shares.configs] == AUTO_ENTRIES[:1]
+    none = tiny_config(attribute_shares="auto", sequence={"match_split_max_rows": 4})
+    assert CVRModel(tiny_spec(), none).attribute_shares is None
+
+
+def test_auto_builds_the_same_model_as_its_entries_written_out() -> None:
+    listed = [
+        dict(zip(("sequence", "key", "target"), e.replace("->", ".").split("."), strict=True))
+        for e in AUTO_ENTRIES
+    ]
+    torch.manual_seed(0)
+    auto = CVRModel(tiny_spec(), tiny_config(attribute_shares="auto")).state_dict()
+    torch.manual_seed(0)
+    explicit = CVRModel(tiny_spec(), tiny_config(attribute_shares=listed)).state_dict()
+    assert auto.keys() == explicit.keys()
+    for name, value in auto.items():
+        torch.testing.assert_close(value, explicit[name], msg=name)
+
+
+def test_auto_is_accepted_from_the_command_line_and_nothing_else_is() -> None:
+    config = load_experiment_config("tiny", ["model.attribute_shares=auto"])
+    assert config.model.attribute_shares == "auto"
+    with pytest.raises(DhenCvrError, match=r"attribute_shares: .*a list of entries or 'auto'"):
+        load_experiment_config("tiny", ["model.attribute_shares=all"])

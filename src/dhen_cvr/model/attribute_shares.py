@@ -13,6 +13,12 @@ hands the model a statistic pooled over all users' histories, an advertiser's
 conversion-type mix, that neither its own user's sequence nor a few CVR positives per id
 can teach it: a target encoding learnt from the logs, not from the labels. The table is a
 buffer (saved, exported); zero until :meth:`AttributeShareTokens.set_counts`.
+
+``attribute_shares: auto`` derives the entries from the spec alone
+(:func:`auto_share_configs`): in every sequence, each field that shares an embedding table
+with a candidate feature (a key the candidate can look up) against each small-vocabulary
+field that matches no candidate (an action or conversion type, as the ``match`` token's
+splits in :mod:`~dhen_cvr.model.matching`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,12 @@ from dhen_cvr.data.spec import (
 )
 from dhen_cvr.model.tokens import EmbeddingTables
 
-__all__ = ["AttributeShareConfig", "AttributeShareTokens", "share_fields"]
+__all__ = [
+    "AttributeShareConfig",
+    "AttributeShareTokens",
+    "auto_share_configs",
+    "share_fields",
+]
 
 
 class AttributeShareConfig(BaseModel):
@@ -71,6 +82,34 @@ def share_fields(
             f"{config.sequence!r}; its fields: {sorted(fields)}"
         )
     return fields[config.key], fields[config.target]
+
+
+def auto_share_configs(
+    sequences: list[SequenceFeature],
+    candidates: list[CategoricalFeature],
+    tables: EmbeddingTables,
+    split_max_rows: int,
+) -> list[AttributeShareConfig]:
+    """The entries ``attribute_shares: auto`` stands for, in spec order: per sequence, every
+    ``key`` field whose table a candidate feature shares, against every ``target`` field
+    whose table has at most ``split_max_rows`` rows (padding and OOV included) and is
+    shared with no candidate. Empty when no sequence has both kinds."""
+    candidate_tables = {c.table_name for c in candidates if c.category == FeatureCategory.candidate}
+    entries = []
+    for seq in sequences:
+        keys = [f for f in seq.fields if f.table_name in candidate_tables]
+        targets = [
+            f
+            for f in seq.fields
+            if f.table_name not in candidate_tables
+            and tables.table(f).num_embeddings <= split_max_rows
+        ]
+        entries += [
+            AttributeShareConfig(sequence=seq.name, key=k.name, target=t.name)
+            for k in keys
+            for t in targets
+        ]
+    return entries
 
 
 class AttributeShareTokens(nn.Module):

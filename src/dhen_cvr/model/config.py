@@ -7,7 +7,7 @@ A run config has top-level ``model:``, ``loss:`` and ``train:`` sections; this m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -42,7 +42,9 @@ class ModelConfig(BaseModel):
     dense_bins:      ``T > 0``: dense values enter as their piecewise-linear encoding over
                      ``T`` equal bins of [0, 1] (model/piecewise.py); 0: as they are
     attribute_shares: population share tables looked up by a candidate id, one token each
-                     (model/attribute_shares.py); none by default
+                     (model/attribute_shares.py): a list of entries, or ``auto`` for
+                     every (candidate-shared key, action-type target) pair of the spec's
+                     sequences; none by default
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -57,7 +59,14 @@ class ModelConfig(BaseModel):
     drop_categories: list[str] = Field(default_factory=list)
     dense_tokens: DenseTokens = "group"
     dense_bins: int = Field(default=0, ge=0)
-    attribute_shares: list[AttributeShareConfig] = Field(default_factory=list)
+    attribute_shares: list[AttributeShareConfig] | Literal["auto"] = Field(default_factory=list)
+
+    @field_validator("attribute_shares", mode="before")
+    @classmethod
+    def _list_or_auto(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f"expected a list of entries or 'auto', got {value!r}")
+        return value
 
     @field_validator("head_hidden")
     @classmethod

@@ -19,7 +19,11 @@ from torch import Tensor, nn
 from dhen_cvr.data.batch import Batch, SequenceBatch
 from dhen_cvr.data.spec import FeatureCategory, FeatureSpec
 from dhen_cvr.data.stats import MinMaxStats
-from dhen_cvr.model.attribute_shares import AttributeShareTokens, share_fields
+from dhen_cvr.model.attribute_shares import (
+    AttributeShareTokens,
+    auto_share_configs,
+    share_fields,
+)
 from dhen_cvr.model.config import ModelConfig
 from dhen_cvr.model.dhen import DHEN, CrossingContext
 from dhen_cvr.model.heads import MultiTaskHeads
@@ -69,18 +73,27 @@ class CVRModel(nn.Module):
             config.ssl_dim,
             candidates,
         )
-        for entry in config.attribute_shares:  # names checked on the data's full spec
-            share_fields(spec.sequences, entry)
+        if config.attribute_shares == "auto":
+            shares = auto_share_configs(
+                self.spec.sequences,
+                candidates,
+                self.tables,
+                config.sequence.match_split_max_rows,
+            )
+        else:
+            shares = config.attribute_shares
+            for entry in shares:  # names checked on the data's full spec
+                share_fields(spec.sequences, entry)
         self.attribute_shares = (
             AttributeShareTokens(
                 self.spec.sequences,
                 candidates,
                 self.tables,
-                config.attribute_shares,
+                shares,
                 config.dim,
                 len(spec.label_names) + (1 if spec.keep_label_names else 0),
             )
-            if config.attribute_shares
+            if shares
             else None
         )
         share_names = self.attribute_shares.token_names if self.attribute_shares else []
