@@ -399,6 +399,31 @@ def test_full_traffic_eval_data(world: Path, tmp_path: Path) -> None:
         train_baseline(world, "1-3", "3", tmp_path / "again", config, eval_data=full)
 
 
+def test_crossfit_intercepts_lift_the_out_of_sample_level(world: Path, tmp_path: Path) -> None:
+    """``gbdt.calibrate=crossfit`` adds to every model the offset fitted on out-of-fold
+    scores. Trees fit their training positives, so the offsets are positive and the next
+    days' served pCVR moves up towards the oracle's; each head's own ranking is kept (the
+    served ROC-AUC moves only through the any-keep model in the correction)."""
+    plain = GBDTConfig(n_estimators=200, early_stopping="none")
+    a = train_baseline(world, "1-3", "4-5", tmp_path / "a", BaselineConfig(gbdt=plain))
+    crossfit = plain.model_copy(update={"calibrate": "crossfit"})
+    b = train_baseline(world, "1-3", "4-5", tmp_path / "b", BaselineConfig(gbdt=crossfit))
+    models = json.loads((tmp_path / "b" / "run.json").read_text())["models"]
+    assert set(models) == {"click", *SERVED, "any-keep"}
+    assert all(m["offset"] > 0 for m in models.values()), models
+    assert (
+        "offset" not in json.loads((tmp_path / "a" / "run.json").read_text())["models"]["checkout"]
+    )
+    for head in SERVED:
+        before, after = a.mean[head], b.mean[head]
+        assert after["calibration_vs_oracle"] > before["calibration_vs_oracle"], head
+        assert abs(after["roc_auc"] - before["roc_auc"]) < 0.01, head
+    miss = [abs(math.log(r.mean[h]["calibration_vs_oracle"])) for r in (a, b) for h in SERVED]
+    assert sum(miss[3:]) < sum(miss[:3]), miss
+    with pytest.raises(DhenCvrError, match="at least two training days"):
+        train_baseline(world, "1", "2", tmp_path / "c", BaselineConfig(gbdt=crossfit))
+
+
 def test_deterministic_per_seed(world: Path, tmp_path: Path) -> None:
     config = BaselineConfig(gbdt=GBDTConfig(n_estimators=30, early_stopping="none"))
     a = train_baseline(world, "1", "2", tmp_path / "a", config)
