@@ -365,10 +365,10 @@ def test_served_heads_are_calibrated(cli_run: tuple[Path, str]) -> None:
     (~300 positives per head over the two days, so label noise is about +-6%).
 
     Measured: 0.92 / 0.97 / 1.04 against the labels, 0.89 / 0.90 / 0.93 against the
-    oracle's probabilities. The product of two estimates (the head's p_s and the any-keep
-    model's a_s in r p_s / (1 - (1 - r) a_s)) misses their covariance on the rows where
-    both are high, so the served heads under-predict by ~5-10% (also on the quickstart
-    world: 0.92-0.97 against the oracle)."""
+    oracle's probabilities. Boosters score rows they were not fitted on below their
+    labels (out-of-fold by 9-16% on the quickstart world, which ``gbdt.calibrate=crossfit``
+    corrects), so the served heads under-predict by ~5-10% (also on the quickstart world:
+    0.91-0.95 against the oracle)."""
     report = EvalReport.load(cli_run[0] / "eval.json")
     for head in SERVED:
         m = report.mean[head]
